@@ -1,0 +1,3 @@
+from contracts.schema import main
+
+main()

@@ -1,0 +1,159 @@
+"""`coupon-worker`: run, migrate, publish, events, schema, healthcheck."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import structlog
+from pydantic import ValidationError
+
+from worker.errors import StartupError
+from worker.logs import SecretScrubber, configure_logging
+from worker.messaging.topology import TopologyError
+from worker.settings import Settings, secrets_of
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coupon-worker",
+        description="Coupon worker: consumes coupon commands from RabbitMQ, keeps coupons in "
+        "PostgreSQL. Configured by environment variables (see README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="consume commands until SIGTERM/SIGINT")
+    run.add_argument(
+        "--migrate", action="store_true", help="upgrade the schema first (under an advisory lock)"
+    )
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema")
+    migrate.add_argument("--revision", default="head", help="target revision (default: head)")
+
+    publish = commands.add_parser("publish", help="send one command")
+    kinds = publish.add_subparsers(dest="kind", required=True)
+    for kind in ("create", "redeem", "get"):
+        sub = kinds.add_parser(kind, help=f"send coupon.{kind}")
+        sub.add_argument("--code", required=True)
+        if kind == "create":
+            sub.add_argument("--init-count", type=int, required=True)
+        sub.add_argument("--message-id", help="idempotency key (default: a new UUID)")
+        sub.add_argument(
+            "--wait",
+            action="store_true",
+            help="wait for the outcome and print it (get always waits)",
+        )
+        sub.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+
+    events = commands.add_parser("events", help="follow coupon.events and print each event")
+    events.add_argument("--pattern", default="coupon.*", help="binding pattern (default coupon.*)")
+    events.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
+
+    commands.add_parser("schema", help="print the contract's JSON Schema")
+
+    health = commands.add_parser("healthcheck", help="exit 0 if the worker's health file is fresh")
+    health.add_argument("--max-age", type=float, default=30.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "schema":
+        from contracts.schema import main as print_schema
+
+        print_schema()
+        return
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        _fail(_settings_error(error))
+    scrubber = configure_logging(settings.log_format, settings.log_level, secrets_of(settings))
+    try:
+        code = asyncio.run(_dispatch(args, settings, scrubber))
+    except (StartupError, TopologyError) as error:
+        _fail(scrubber.scrub(str(error)))
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings, scrubber: SecretScrubber) -> int:
+    if args.command == "run":
+        from worker.service import serve
+
+        return await serve(settings, scrubber.scrub, migrate=args.migrate)
+    if args.command == "migrate":
+        return await _migrate(settings, args.revision)
+    if args.command == "publish":
+        from worker.tools import publish
+
+        return await publish(settings, args)
+    if args.command == "events":
+        from worker.tools import follow_events
+
+        return await follow_events(settings, args.pattern, args.limit)
+    if args.command == "healthcheck":
+        return _healthcheck(settings, args.max_age)
+    raise AssertionError(args.command)
+
+
+async def _migrate(settings: Settings, revision: str) -> int:
+    from worker.db import schema
+    from worker.errors import describe_startup_failure
+    from worker.service import database
+
+    async with database(settings) as engine:
+        try:
+            await schema.upgrade(engine, revision)
+            current = await schema.current_revision(engine)
+        except Exception as error:
+            raise describe_startup_failure(error, settings, "database") from error
+    structlog.stdlib.get_logger("worker").info("schema_migrated", revision=current)
+    return 0
+
+
+def _healthcheck(settings: Settings, max_age: float) -> int:
+    path = settings.health_file
+    if path is None:
+        _fail("WORKER_HEALTH_FILE is not set, so there is nothing to check")
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        _fail(f"{path} does not exist: the worker is not consuming")
+    if age > max_age:
+        _fail(f"{path} is {age:.0f}s old: the worker stopped consuming")
+    return 0
+
+
+def _settings_error(error: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for item in error.errors(include_input=False, include_url=False):
+        field = ".".join(str(part) for part in item["loc"])
+        lines.append(f"  {field.upper()}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"coupon-worker: {message}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+    sys.exit(EXIT_USAGE)
+
+
+def emit(record: dict[str, Any]) -> None:
+    """One result line: readable on a terminal, JSON when piped."""
+    if sys.stdout.isatty():
+        head = record.get("event") or record.get("routing_key")
+        rest = " ".join(f"{k}={v}" for k, v in record.items() if k not in ("event",))
+        print(f"{head}  {rest}")  # noqa: T201
+    else:
+        print(json.dumps(record, default=str), flush=True)  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Expected start-up faults, said so that a person can act on them (no traceback)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from worker.db.schema import SchemaMismatch
+from worker.messaging.topology import TopologyError
+from worker.settings import Settings, redact_url
+
+
+class StartupError(Exception):
+    """An expected fault with a message for the operator; the CLI prints it and exits 2."""
+
+
+def describe_startup_failure(
+    error: BaseException, settings: Settings, service: Literal["broker", "database"]
+) -> BaseException:
+    """A `StartupError` naming the service, where it is, and how to start it; or `error`
+    itself when it is not an expected fault (a bug keeps its traceback)."""
+    if isinstance(error, StartupError | SchemaMismatch | TopologyError):
+        return StartupError(str(error))
+    name, text = type(error).__name__, str(error)
+    if service == "broker":
+        where = redact_url(settings.amqp_url.get_secret_value())
+        if "ProbableAuthentication" in name or "ACCESS_REFUSED" in text:
+            return StartupError(
+                f"RabbitMQ at {where} refused the credentials or the virtual host ({name}); "
+                "check AMQP_URL"
+            )
+        if _is_connection_fault(error):
+            return StartupError(
+                f"cannot reach RabbitMQ at {where} ({name}): start it "
+                "(`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) "
+                "or set AMQP_URL"
+            )
+        return error
+    where = redact_url(settings.database_url.get_secret_value())
+    if "InvalidCatalogName" in name or ("database" in text and "does not exist" in text):
+        return StartupError(
+            f"the database named in DATABASE_URL ({where}) does not exist: create it "
+            "(`createdb -h HOST -U USER NAME`) or point DATABASE_URL at another one"
+        )
+    if "InvalidPassword" in name or "authentication failed" in text:
+        return StartupError(f"PostgreSQL at {where} refused the credentials; check DATABASE_URL")
+    if _is_connection_fault(error):
+        return StartupError(
+            f"cannot reach PostgreSQL at {where} ({name}): start it "
+            "(`pg_ctlcluster 15 main start`, or `docker compose up -d postgres`) "
+            "or set DATABASE_URL"
+        )
+    return error
+
+
+def _is_connection_fault(error: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError | TimeoutError | ConnectionError):
+            return True
+        name = type(current).__name__
+        if "Connection" in name or "CannotConnect" in name:
+            return True
+        current = current.__cause__ or current.__context__
+    return False

@@ -1,0 +1,84 @@
+"""structlog configuration: JSON lines off a terminal, readable on one, secrets scrubbed."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from worker.settings import LogFormat
+
+
+class SecretScrubber:
+    """Replaces every known secret in the rendered line, whichever field or traceback held it."""
+
+    def __init__(self, secrets: Iterable[str], render: Processor) -> None:
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._render = render
+
+    def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> str:
+        rendered = self._render(logger, name, event)
+        text = rendered if isinstance(rendered, str) else str(rendered)
+        return self.scrub(text)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def configure_logging(
+    log_format: LogFormat,
+    level: str,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> SecretScrubber:
+    """Configure structlog (and route stdlib logging of aio-pika/aiormq/SQLAlchemy through it)."""
+    out = stream or sys.stderr
+    use_console = log_format is LogFormat.CONSOLE or (log_format is LogFormat.AUTO and out.isatty())
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    scrubber = SecretScrubber(secrets, renderer)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if not use_console:
+        shared.append(structlog.processors.dict_tracebacks)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, scrubber],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # The libraries' own INFO chatter (every reconnect attempt, every pool event) is noise here;
+    # the worker logs the facts that matter itself.
+    for noisy in ("aiormq", "aio_pika", "sqlalchemy", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    return scrubber
+
+
+def bind_message(context: MutableMapping[str, Any]) -> None:
+    structlog.contextvars.bind_contextvars(**context)
+
+
+def get_logger(name: str) -> Any:
+    return structlog.stdlib.get_logger(name)

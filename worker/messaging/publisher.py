@@ -1,0 +1,115 @@
+"""Everything the worker sends: outcomes (events exchange and reply_to), dead letters, and
+replies to invalid commands. Every publish waits for the broker's confirm."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from aio_pika import DeliveryMode, Message
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from contracts import names
+from contracts.events import InvalidCommandReply
+from contracts.names import Topology
+from worker.domain.model import Outcome
+
+
+class Publisher:
+    def __init__(
+        self,
+        events_channel: AbstractChannel,
+        dead_letter_channel: AbstractChannel,
+        topology: Topology,
+        timeout: float,
+    ) -> None:
+        # Dead letters go on their own channel, which raises on an unroutable publish: a dead
+        # letter that no queue took must not be acknowledged away.
+        self._events_channel = events_channel
+        self._dead_letter_channel = dead_letter_channel
+        self._topology = topology
+        self._timeout = timeout
+        self._events: AbstractExchange | None = None
+        self._dead: AbstractExchange | None = None
+
+    async def start(self) -> None:
+        self._events = await self._events_channel.get_exchange(
+            self._topology.events_exchange, ensure=False
+        )
+        self._dead = await self._dead_letter_channel.get_exchange(
+            self._topology.dead_exchange, ensure=False
+        )
+
+    async def publish_outcome(self, outcome: Outcome, command: AbstractIncomingMessage) -> None:
+        """To the events exchange (unless a read) and to the command's reply_to, confirmed."""
+        assert self._events is not None, "start() first"
+        message = Message(
+            outcome.body,
+            message_id=outcome.event_message_id,
+            correlation_id=command.correlation_id or command.message_id,
+            type=outcome.routing_key,
+            content_type=names.JSON_CONTENT_TYPE,
+            timestamp=outcome.occurred_at,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            headers={names.CAUSATION_ID_HEADER: outcome.command_message_id},
+        )
+        sends: list[Awaitable[Any]] = []
+        if outcome.broadcast:
+            # Not mandatory: an event nobody subscribes to is legitimately dropped.
+            sends.append(self._events.publish(message, outcome.routing_key, mandatory=False))
+        if command.reply_to:
+            sends.append(self._reply(message, command.reply_to))
+        await self._confirmed(*sends)
+
+    async def dead_letter(
+        self, command: AbstractIncomingMessage, error: str, detail: str, reply_error: str
+    ) -> None:
+        """A copy of the command, with its body and properties, plus the reason in headers;
+        the sender, if it gave a reply_to, is told `{"error": reply_error, "detail": ...}`."""
+        assert self._dead is not None, "start() first"
+        headers = dict(command.headers or {})
+        headers[names.ERROR_HEADER] = error
+        headers[names.ERROR_DETAIL_HEADER] = detail
+        copy = Message(
+            command.body,
+            headers=headers,
+            content_type=command.content_type,
+            content_encoding=command.content_encoding,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=command.priority,
+            correlation_id=command.correlation_id,
+            reply_to=command.reply_to,
+            expiration=None,  # a dead letter waits for an operator, however long
+            message_id=command.message_id,
+            timestamp=command.timestamp,
+            type=command.type,
+            user_id=None,  # the broker checks user_id against the publisher: never copy it
+            app_id=command.app_id,
+        )
+        sends: list[Awaitable[Any]] = [
+            self._dead.publish(copy, command.routing_key or "", mandatory=True)
+        ]
+        if command.reply_to:
+            reply = Message(
+                InvalidCommandReply(error=reply_error, detail=f"{error}: {detail}")
+                .model_dump_json()
+                .encode(),
+                correlation_id=command.correlation_id or command.message_id,
+                type=names.INVALID,
+                content_type=names.JSON_CONTENT_TYPE,
+                headers={names.ERROR_HEADER: error},
+            )
+            sends.append(self._reply(reply, command.reply_to))
+        await self._confirmed(*sends)
+
+    async def _reply(self, message: Message, reply_to: str) -> Any:
+        # Best effort: a requester that went away (or a direct reply-to consumer that is gone)
+        # must not hold up the command, so this is not mandatory.
+        return await self._events_channel.default_exchange.publish(
+            message, reply_to, mandatory=False
+        )
+
+    async def _confirmed(self, *sends: Awaitable[Any]) -> None:
+        async with asyncio.timeout(self._timeout):
+            await asyncio.gather(*sends)

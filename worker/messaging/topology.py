@@ -1,0 +1,97 @@
+"""Declare (or, for a least-privilege user, verify) the exchanges and queues of contract v1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection, ExchangeType
+from aiormq.exceptions import ChannelClosed
+
+from contracts.names import Topology
+from worker.settings import QueueType, Settings
+
+
+class TopologyError(Exception):
+    """The broker's topology is missing or differs from what the worker needs."""
+
+
+def worker_queue_arguments(topology: Topology, settings: Settings) -> dict[str, Any]:
+    arguments: dict[str, Any] = {"x-dead-letter-exchange": topology.dead_exchange}
+    if settings.queue_type is QueueType.QUORUM:
+        arguments["x-queue-type"] = "quorum"
+        # The backstop for a command that crashes every worker that takes it.
+        arguments["x-delivery-limit"] = settings.delivery_limit
+    return arguments
+
+
+def dead_queue_arguments(settings: Settings) -> dict[str, Any]:
+    return {"x-queue-type": "quorum"} if settings.queue_type is QueueType.QUORUM else {}
+
+
+async def declare(
+    channel: AbstractChannel, topology: Topology, settings: Settings
+) -> AbstractQueue:
+    """Idempotently create everything; returns the worker queue."""
+    try:
+        commands = await channel.declare_exchange(
+            topology.commands_exchange, ExchangeType.TOPIC, durable=True
+        )
+        await channel.declare_exchange(topology.events_exchange, ExchangeType.TOPIC, durable=True)
+        dead = await channel.declare_exchange(
+            topology.dead_exchange, ExchangeType.FANOUT, durable=True
+        )
+        dead_queue = await channel.declare_queue(
+            topology.dead_queue, durable=True, arguments=dead_queue_arguments(settings)
+        )
+        await dead_queue.bind(dead, routing_key="")
+        queue = await channel.declare_queue(
+            topology.worker_queue,
+            durable=True,
+            arguments=worker_queue_arguments(topology, settings),
+        )
+        await queue.bind(commands, routing_key=topology.command_binding_key)
+    except ChannelClosed as error:
+        raise TopologyError(
+            f"cannot declare the broker topology ({error}); if the queues exist with other "
+            "settings (queue type, delivery limit), delete them or match WORKER_QUEUE_TYPE and "
+            "WORKER_DELIVERY_LIMIT; a user without configure permission needs "
+            "WORKER_DECLARE_TOPOLOGY=false"
+        ) from None
+    return queue
+
+
+async def verify(connection: AbstractRobustConnection, topology: Topology) -> None:
+    """Passively check every name; a failed passive declare closes its channel, so each check
+    gets its own."""
+    checks: list[tuple[str, str]] = [
+        ("exchange", topology.commands_exchange),
+        ("exchange", topology.events_exchange),
+        ("exchange", topology.dead_exchange),
+        ("queue", topology.dead_queue),
+        ("queue", topology.worker_queue),
+    ]
+    missing = []
+    for kind, name in checks:
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            if kind == "exchange":
+                await channel.get_exchange(name, ensure=True)
+            else:
+                await channel.get_queue(name, ensure=True)
+        except ChannelClosed:
+            missing.append(f"{kind} {name!r}")
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+    if missing:
+        raise TopologyError(
+            "WORKER_DECLARE_TOPOLOGY=false, but the broker lacks "
+            + ", ".join(missing)
+            + ": an operator must declare them (see README, 'Least-privilege deployment'), "
+            "or run a worker once with permission to declare them"
+        )
+
+
+async def worker_queue(channel: AbstractChannel, topology: Topology) -> AbstractQueue:
+    """The existing worker queue, without declaring it (least-privilege mode)."""
+    return await channel.get_queue(topology.worker_queue, ensure=True)

@@ -1,0 +1,129 @@
+"""All configuration, read once from the environment in `main` and passed down."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"  # JSON lines off a terminal, readable on one
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class QueueType(StrEnum):
+    QUORUM = "quorum"
+    CLASSIC = "classic"
+
+
+class Settings(BaseSettings):
+    """Environment variables `WORKER_*`, plus the two service URLs `AMQP_URL` and `DATABASE_URL`."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKER_", frozen=True, extra="ignore")
+
+    # Secrets: the URLs carry passwords, so they are SecretStr and never printed whole.
+    amqp_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@localhost:5672/"),
+        validation_alias="AMQP_URL",
+    )
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql+asyncpg://postgres@localhost:5432/postgres"),
+        validation_alias="DATABASE_URL",
+    )
+    amqp_ca_file: Path | None = Field(
+        default=None, description="CA bundle to verify the broker's certificate with amqps://"
+    )
+    amqp_client_cert: Path | None = None
+    amqp_client_key: Path | None = None
+
+    name_prefix: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")] = ""
+    declare_topology: bool = True
+    queue_type: QueueType = QueueType.QUORUM
+    delivery_limit: Annotated[int, Field(ge=1, le=1000)] = 20
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+
+    prefetch: Annotated[int, Field(ge=1, le=10_000)] = 256
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    db_pool_size: Annotated[int, Field(ge=1, le=100)] = 5
+    publish_timeout: Annotated[float, Field(gt=0, le=300)] = 30.0
+    grace_period: Annotated[float, Field(gt=0, le=3600)] = 25.0
+    retry_max_backoff: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: str = "INFO"
+    health_file: Path | None = Field(
+        default=None, description="touched every few seconds while the worker consumes"
+    )
+
+    # Fault injection for the fault-test suite; see worker/faults.py. Never set in production.
+    fault_plan: str = ""
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
+        AmqpDsn(value.get_secret_value())  # raises a ValidationError naming the field
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: SecretStr) -> SecretStr:
+        url = PostgresDsn(value.get_secret_value())
+        if url.scheme != "postgresql+asyncpg":
+            raise ValueError("DATABASE_URL must use the postgresql+asyncpg:// scheme")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("log level must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+
+def redact_url(url: str) -> str:
+    """`scheme://user:***@host:port/path`: where a URL points, without its password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"
+    credentials, at, location = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return (
+        f"{scheme}://{user}:***@{location}"
+        if ":" in credentials
+        else f"{scheme}://{user}@{location}"
+    )
+
+
+def url_password(url: str) -> str | None:
+    """The password embedded in a URL, so that logs can scrub it wherever it turns up."""
+    _, _, rest = url.partition("://")
+    credentials, at, _ = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return None
+    from urllib.parse import unquote
+
+    password = credentials.split(":", 1)[1]
+    return unquote(password) or None
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret value that must never reach a log line or an error message."""
+    found: list[str] = []
+    for url in (settings.amqp_url, settings.database_url):
+        raw = url.get_secret_value()
+        password = url_password(raw)
+        if password:
+            found.append(password)
+            encoded = raw.partition("://")[2].rpartition("@")[0].split(":", 1)[1]
+            if encoded != password:
+                found.append(encoded)
+    return found

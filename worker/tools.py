@@ -1,0 +1,85 @@
+"""The CLI's client-side commands: `publish` and `events`, speaking only the wire contract."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from contracts.client import CouponClient, ReceivedEvent
+from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
+from worker.errors import describe_startup_failure
+from worker.service import ssl_context
+from worker.settings import Settings
+
+
+def _command(args: argparse.Namespace) -> Command:
+    if args.kind == "create":
+        return CreateCoupon(code=args.code, init_count=args.init_count)
+    if args.kind == "redeem":
+        return RedeemCoupon(code=args.code)
+    return GetCoupon(code=args.code)
+
+
+def _record(received: ReceivedEvent) -> dict[str, Any]:
+    return {
+        "event": received.routing_key,
+        **json.loads(received.body),
+        "message_id": received.message_id,
+        "correlation_id": received.correlation_id,
+    }
+
+
+async def _connect(settings: Settings) -> CouponClient:
+    try:
+        return await CouponClient.connect(
+            settings.amqp_url.get_secret_value(),
+            settings.name_prefix,
+            ssl_context=ssl_context(settings),
+            timeout=10,
+        )
+    except Exception as error:
+        raise describe_startup_failure(error, settings, "broker") from error
+
+
+async def publish(settings: Settings, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from worker.cli import emit
+    from worker.errors import StartupError
+
+    try:
+        command = _command(args)
+    except ValidationError as error:
+        from contracts.validation import describe
+
+        raise StartupError(f"invalid command: {describe(error)}") from None
+    async with await _connect(settings) as client:
+        if args.wait or args.kind == "get":
+            try:
+                received = await client.request(
+                    command, message_id=args.message_id, within=args.timeout
+                )
+            except TimeoutError:
+                raise StartupError(
+                    f"no outcome within {args.timeout:.0f}s: is a worker running "
+                    f"(WORKER_NAME_PREFIX={settings.name_prefix!r})?"
+                ) from None
+            emit(_record(received))
+            return 0 if received.routing_key != "coupon.error" else 1
+        message_id = await client.send(command, message_id=args.message_id)
+        emit({"event": "sent", "routing_key": command.routing_key, "message_id": message_id})
+        return 0
+
+
+async def follow_events(settings: Settings, pattern: str, limit: int) -> int:
+    from worker.cli import emit
+
+    seen = 0
+    async with await _connect(settings) as client:
+        async for received in client.events(pattern):
+            emit(_record(received))
+            seen += 1
+            if limit and seen >= limit:
+                break
+    return 0
