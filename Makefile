@@ -1,0 +1,36 @@
+# Two commands on a fresh machine (see README): `make run` and `make test`.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS ?= never
+export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
+export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+PYTEST_ARGS ?=
+
+.PHONY: setup services run test test-fast lint bench
+setup:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
+		|| python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+
+services:
+	scripts/ensure-services
+
+# Set up, bring the schema up to date, and consume commands until Ctrl-C.
+run: setup services
+	$(UV) run coupon-worker run --migrate
+
+# Set up and run every test (unit, integration, end to end, faults) against the local services.
+test: setup services
+	$(UV) run pytest $(PYTEST_ARGS)
+
+# Everything but the fault suite.
+test-fast: setup services
+	$(UV) run pytest -m "not faults" $(PYTEST_ARGS)
+
+lint: setup
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
+
+bench: setup services
+	$(UV) run python -m benchmarks

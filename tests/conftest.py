@@ -1,0 +1,112 @@
+"""Shared fixtures: real services, a throw-away database, a per-test broker prefix, workers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from tests.support.broker import Broker
+from tests.support.database import create_database, drop_database, truncate
+from tests.support.services import Services, ServicesUnavailable, provide_services
+from tests.support.worker_process import WorkerProcess
+from worker.db import schema
+from worker.settings import Settings
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    try:
+        with provide_services() as found:
+            yield found
+    except ServicesUnavailable as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+async def database_url(services: Services) -> AsyncIterator[str]:
+    """A database of this session's own, migrated by alembic, dropped at the end."""
+    url = await create_database(services.database_url)
+    engine = create_async_engine(url)
+    try:
+        await schema.upgrade(engine)
+    finally:
+        await engine.dispose()
+    yield url
+    await drop_database(services.database_url, url)
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url, pool_size=10, max_overflow=60)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def db(engine: AsyncEngine) -> AsyncEngine:
+    """The session's engine, with empty tables."""
+    await truncate(engine)
+    return engine
+
+
+@pytest.fixture
+def sessions(db: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(db, expire_on_commit=False)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Names of this test's own exchanges and queues start with it."""
+    return f"t{uuid.uuid4().hex[:10]}-"
+
+
+@pytest.fixture
+def settings(services: Services, database_url: str, prefix: str) -> Settings:
+    return Settings.model_validate(
+        {"AMQP_URL": services.amqp_url, "DATABASE_URL": database_url, "name_prefix": prefix}
+    )
+
+
+@pytest.fixture
+async def broker(services: Services, prefix: str, settings: Settings) -> AsyncIterator[Broker]:
+    """The test's client connection, with the topology declared under the test's prefix."""
+    client = Broker(services.amqp_url, prefix)
+    await client.open()
+    await client.declare(settings)
+    yield client
+    await client.delete_topology()
+    await client.close()
+
+
+@pytest.fixture
+def start_worker(
+    services: Services, database_url: str, prefix: str, broker: Broker, db: AsyncEngine
+) -> Iterator[StartWorker]:
+    """Start worker processes on this test's prefix; any left running are killed afterwards
+    (before the topology is deleted, so that no robust worker re-declares it)."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, name: str = "worker", **env: str) -> WorkerProcess:
+        environment = {
+            "AMQP_URL": services.amqp_url,
+            "DATABASE_URL": database_url,
+            "WORKER_NAME_PREFIX": prefix,
+            **{key.upper(): value for key, value in env.items()},
+        }
+        worker = WorkerProcess(environment, name).start(*args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
