@@ -20,8 +20,14 @@ from worker.settings import Settings, secrets_of
 
 EXIT_USAGE = 2
 
+PUBLISH_EXIT_STATUS = """exit status:
+  0  sent (without --wait), or the outcome was a success
+  1  the outcome was coupon.error (DoesNotExist, AlreadyExists, Exhausted)
+  2  invalid arguments or configuration, broker unreachable, or no outcome in time"""
+
 
 def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="coupon-worker",
         description="Coupon worker: consumes coupon commands from RabbitMQ, keeps coupons in "
@@ -37,10 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="upgrade the database schema")
     migrate.add_argument("--revision", default="head", help="target revision (default: head)")
 
-    publish = commands.add_parser("publish", help="send one command")
+    publish = commands.add_parser(
+        "publish", help="send one command", epilog=PUBLISH_EXIT_STATUS, formatter_class=raw
+    )
     kinds = publish.add_subparsers(dest="kind", required=True)
     for kind in ("create", "redeem", "get"):
-        sub = kinds.add_parser(kind, help=f"send coupon.{kind}")
+        sub = kinds.add_parser(
+            kind, help=f"send coupon.{kind}", epilog=PUBLISH_EXIT_STATUS, formatter_class=raw
+        )
         sub.add_argument("--code", required=True)
         if kind == "create":
             sub.add_argument("--init-count", type=int, required=True)

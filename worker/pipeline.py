@@ -50,7 +50,9 @@ class Pipeline:
         async with self._unit_of_work() as uow:
             results = await uow.processed.outcomes(writes)
             fresh: list[Outcome] = []
-            for envelope in batch:
+            # Rows are locked in code order (a stable sort keeps each code's commands in their
+            # order), so concurrent batches that share coupons queue instead of deadlocking.
+            for envelope in sorted(batch, key=lambda e: e.command.code):
                 if envelope.message_id in results:
                     continue  # applied before, or earlier in this very batch
                 self._faults.hit(FaultPoint.HANDLE, [envelope.command.code])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import ssl
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
+from urllib.parse import unquote
 
-from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, field_validator
+from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -78,6 +81,33 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must use the postgresql+asyncpg:// scheme")
         return value
 
+    @field_validator("amqp_ca_file", "amqp_client_cert", "amqp_client_key")
+    @classmethod
+    def _readable_tls_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # Checked here, not at the first connection attempt, where a missing CA file would
+        # read like an unreachable broker.
+        if value is None:
+            return None
+        variable = f"WORKER_{str(info.field_name).upper()}"
+        try:
+            with value.open("rb"):
+                pass
+        except OSError as error:
+            raise ValueError(
+                f"{variable}: cannot read {value}: {error.strerror or error}"
+            ) from None
+        if info.field_name == "amqp_ca_file":
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except ssl.SSLError as error:
+                raise ValueError(
+                    f"{variable}: {value} is not a PEM CA bundle ({error.reason or error})"
+                ) from None
+        url = info.data.get("amqp_url")
+        if isinstance(url, SecretStr) and not url.get_secret_value().startswith("amqps://"):
+            raise ValueError(f"{variable} is set, but AMQP_URL does not use amqps://")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -87,14 +117,19 @@ class Settings(BaseSettings):
         return level
 
 
+# libpq and asyncpg also take the password as a query parameter (`?password=...`).
+_QUERY_PASSWORD: Final = re.compile(r"([?&][^=&#]*password[^=&#]*=)([^&#]*)", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
     """`scheme://user:***@host:port/path`: where a URL points, without its password."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***"
+    rest = _QUERY_PASSWORD.sub(r"\1***", rest)
     credentials, at, location = rest.rpartition("@")
     if not at:
-        return url
+        return f"{scheme}://{rest}"
     user = credentials.split(":", 1)[0]
     return (
         f"{scheme}://{user}:***@{location}"
@@ -109,10 +144,16 @@ def url_password(url: str) -> str | None:
     credentials, at, _ = rest.rpartition("@")
     if not at or ":" not in credentials:
         return None
-    from urllib.parse import unquote
-
     password = credentials.split(":", 1)[1]
     return unquote(password) or None
+
+
+def _query_passwords(url: str) -> list[str]:
+    found: list[str] = []
+    for match in _QUERY_PASSWORD.finditer(url):
+        raw = match.group(2)
+        found.extend(value for value in {raw, unquote(raw)} if value)
+    return found
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -126,4 +167,5 @@ def secrets_of(settings: Settings) -> list[str]:
             encoded = raw.partition("://")[2].rpartition("@")[0].split(":", 1)[1]
             if encoded != password:
                 found.append(encoded)
+        found.extend(_query_passwords(raw))
     return found

@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+# The coupon worker's image: python:3.11-slim, dependencies from uv.lock only, non-root.
+#
+#   docker build -t coupon-worker .
+#   docker run --rm -e AMQP_URL=... -e DATABASE_URL=... coupon-worker            # consume
+#   docker run --rm -e DATABASE_URL=... coupon-worker migrate                     # one-shot
+#   docker run --rm -e AMQP_URL=... coupon-worker publish create --code X --init-count 3 --wait
+#
+# Stop it with SIGTERM and give it longer than WORKER_GRACE_PERIOD (25 s by default):
+# `docker stop -t 40` (docker-compose.yml sets stop_grace_period: 40s).
+
+ARG PYTHON_VERSION=3.11
+ARG UV_VERSION=0.13.9
+
+FROM ghcr.io/astral-sh/uv:${UV_VERSION} AS uv
+
+# --- builder: resolve nothing, install exactly what uv.lock says ------------------------------
+FROM python:${PYTHON_VERSION}-slim AS builder
+COPY --from=uv /uv /bin/uv
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PYTHON=/usr/local/bin/python3 \
+    UV_PROJECT_ENVIRONMENT=/app/.venv
+WORKDIR /app
+
+# Dependencies first, so that a change to the code alone reuses this layer.
+COPY pyproject.toml uv.lock ./
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-install-project
+
+# Then the project itself, installed in project (editable) mode in /app: the worker finds
+# alembic.ini and migrations/ next to its own package (worker/db/schema.py, PROJECT_ROOT),
+# which is what `coupon-worker migrate` and `run --migrate` need.
+COPY README.md alembic.ini ./
+COPY contracts ./contracts
+COPY worker ./worker
+COPY migrations ./migrations
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev \
+    && .venv/bin/python -m compileall -q contracts worker migrations
+
+# --- runtime ----------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim AS runtime
+RUN groupadd --system --gid 10001 coupon \
+    && useradd --system --uid 10001 --gid coupon --home-dir /app --no-create-home \
+       --shell /usr/sbin/nologin coupon
+WORKDIR /app
+# Owned by root and read-only to the worker's user: the process cannot rewrite its own code.
+COPY --from=builder /app /app
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    WORKER_LOG_FORMAT=json \
+    WORKER_HEALTH_FILE=/tmp/coupon-worker.health
+USER coupon:coupon
+
+# `run` touches WORKER_HEALTH_FILE every 5 s while its broker connection is up;
+# `healthcheck` fails when the file is missing or older than --max-age seconds.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["coupon-worker", "healthcheck", "--max-age", "30"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["coupon-worker"]
+CMD ["run"]

@@ -1,0 +1,192 @@
+"""`coupon-worker` start-up faults a person can act on: one line, where, how to fix, no secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.support.broker import Broker
+from tests.support.database import create_database, drop_database
+from tests.support.services import Services
+from tests.support.worker_process import WorkerProcess
+from worker.db import schema
+
+AMQP_PASSWORD = "amqp-Pw-4f1c9e"
+PG_PASSWORD = "pg-Pw-77d0aa"
+
+
+def coupon_worker() -> list[str]:
+    """The console script next to this interpreter, as an operator would type it."""
+    script = Path(sys.executable).with_name("coupon-worker")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("coupon-worker")
+    return [found] if found else [sys.executable, "-m", "worker"]
+
+
+@dataclass(frozen=True)
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+async def run_cli(*args: str, within: float = 60.0, **env: str) -> Finished:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("WORKER_", "PYTEST_"))
+    }
+    environment.update({"WORKER_LOG_FORMAT": "json", **env})
+    process = await asyncio.create_subprocess_exec(
+        *coupon_worker(),
+        *args,
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), within)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(
+            f"coupon-worker {' '.join(args)} still running after {within}s"
+        ) from None
+    assert process.returncode is not None
+    return Finished(process.returncode, stdout.decode(), stderr.decode())
+
+
+def assert_one_clear_line(result: Finished, *expected: str) -> str:
+    """Exit 2 and a last stderr line that says it all; anything before it is a structured log
+    record (library chatter such as alembic's context line), never a traceback."""
+    assert result.returncode == 2, result.output
+    assert "Traceback" not in result.output
+    *logged, line = result.stderr.strip().splitlines()
+    for record in map(json.loads, logged):
+        assert isinstance(record, dict) and "exception" not in record, record
+    assert line.startswith("coupon-worker: ")
+    for text in expected:
+        assert text in line, line
+    return line
+
+
+@pytest.fixture
+async def unmigrated_database(services: Services) -> AsyncIterator[str]:
+    url = await create_database(services.database_url, prefix="coupon_cli")
+    try:
+        yield url
+    finally:
+        await drop_database(services.database_url, url)
+
+
+@pytest.mark.timeout(90)
+async def test_run_refuses_an_unmigrated_database(
+    services: Services, unmigrated_database: str, prefix: str
+) -> None:
+    result = await run_cli(
+        "run",
+        AMQP_URL=services.amqp_url,
+        DATABASE_URL=unmigrated_database,
+        WORKER_NAME_PREFIX=prefix,
+    )
+    line = assert_one_clear_line(result, "no coupon schema", "coupon-worker migrate", "--migrate")
+    assert schema.head_revision() in line
+    engine = create_async_engine(unmigrated_database)
+    try:
+        assert await schema.current_revision(engine) is None, "run must not migrate by itself"
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.timeout(120)
+async def test_run_with_migrate_upgrades_then_consumes(
+    services: Services, unmigrated_database: str, prefix: str
+) -> None:
+    worker = WorkerProcess(
+        {
+            "AMQP_URL": services.amqp_url,
+            "DATABASE_URL": unmigrated_database,
+            "WORKER_NAME_PREFIX": prefix,
+        },
+        name="migrating-worker",
+    ).start("--migrate")
+    broker = Broker(services.amqp_url, prefix)
+    try:
+        await worker.wait_ready(within=60)
+        engine = create_async_engine(unmigrated_database)
+        try:
+            assert await schema.current_revision(engine) == schema.head_revision()
+        finally:
+            await engine.dispose()
+        assert await worker.stop(within=60) == 0
+    finally:
+        worker.kill()
+        await broker.open()
+        await broker.delete_topology()
+        await broker.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("command", ["run", "publish"])
+async def test_an_unreachable_broker_is_named_without_its_password(
+    services: Services, database_url: str, prefix: str, command: str
+) -> None:
+    args = [command] if command == "run" else [command, "redeem", "--code", "X"]
+    result = await run_cli(
+        *args,
+        AMQP_URL=f"amqp://guest:{AMQP_PASSWORD}@127.0.0.1:1/",
+        DATABASE_URL=database_url,
+        WORKER_NAME_PREFIX=prefix,
+    )
+    assert AMQP_PASSWORD not in result.output
+    assert_one_clear_line(
+        result,
+        "cannot reach RabbitMQ",
+        "127.0.0.1:1",
+        "guest:***@",
+        "rabbitmq-server",
+        "AMQP_URL",
+    )
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("command", "database_url", "redacted"),
+    [
+        (
+            "run",
+            f"postgresql+asyncpg://postgres:{PG_PASSWORD}@127.0.0.1:1/postgres",
+            "postgresql+asyncpg://postgres:***@127.0.0.1:1/postgres",
+        ),
+        (
+            "migrate",
+            f"postgresql+asyncpg://postgres@127.0.0.1:1/postgres?password={PG_PASSWORD}",
+            "postgresql+asyncpg://postgres@127.0.0.1:1/postgres?password=***",
+        ),
+    ],
+    ids=["run-password-in-userinfo", "migrate-password-in-query"],
+)
+async def test_an_unreachable_database_is_named_without_its_password(
+    services: Services, prefix: str, command: str, database_url: str, redacted: str
+) -> None:
+    result = await run_cli(
+        command, AMQP_URL=services.amqp_url, DATABASE_URL=database_url, WORKER_NAME_PREFIX=prefix
+    )
+    assert PG_PASSWORD not in result.output
+    assert_one_clear_line(
+        result, "cannot reach PostgreSQL", redacted, "pg_ctlcluster", "DATABASE_URL"
+    )

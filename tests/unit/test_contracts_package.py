@@ -1,0 +1,97 @@
+"""`contracts` stands alone: pydantic only, and it prints the contract as JSON Schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from contracts import names
+from contracts.commands import COMMANDS
+from contracts.events import EVENTS
+
+FORBIDDEN = (
+    "aio_pika",
+    "aiormq",
+    "pamqp",
+    "sqlalchemy",
+    "asyncpg",
+    "structlog",
+    "alembic",
+    "worker",
+)
+
+PROBE = """
+import json, sys
+import contracts, contracts.commands, contracts.events, contracts.validation
+import contracts.messages, contracts.names, contracts.schema
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def run_python(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_contracts_import_nothing_but_pydantic() -> None:
+    result = run_python("-c", PROBE)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    offenders = sorted(module for module in loaded if module.split(".")[0] in FORBIDDEN)
+    assert offenders == [], f"contracts pulled in {offenders}"
+    assert "pydantic" in loaded  # the probe did import what it claims
+
+
+def test_contracts_import_time_lists_no_worker_dependency() -> None:
+    # -X importtime names every module imported, however it got there.
+    result = run_python("-X", "importtime", "-c", "import contracts, contracts.validation")
+    assert result.returncode == 0, result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "contracts.validation" in imported
+    assert not {m for m in imported if m.split(".")[0] in FORBIDDEN}
+
+
+def test_python_m_contracts_prints_the_schema_of_every_command_and_event() -> None:
+    result = run_python("-m", "contracts")
+    assert result.returncode == 0, result.stderr
+    schema: dict[str, Any] = json.loads(result.stdout)
+    definitions: dict[str, Any] = schema["$defs"]
+    assert set(schema["commands"]) == set(names.COMMAND_ROUTING_KEYS)
+    assert set(schema["events"]) == {
+        "coupon.created",
+        "coupon.redeemed",
+        "coupon.found",
+        "coupon.error",
+    }
+    for table, models in ((schema["commands"], COMMANDS), (schema["events"], EVENTS)):
+        for key, reference in table.items():
+            name = models[key].__name__
+            assert reference == {"$ref": f"#/$defs/{name}"}
+            assert definitions[name]["type"] == "object"
+            assert "properties" in definitions[name]
+    create = definitions["CreateCoupon"]
+    assert create["additionalProperties"] is False
+    assert set(create["required"]) == {"code", "init_count"}
+    count = create["properties"]["init_count"]
+    assert (count["type"], count["minimum"], count["maximum"]) == ("integer", 1, 1_000_000_000)
+    code = create["properties"]["code"]
+    assert (code["minLength"], code["maxLength"]) == (1, 64)
+    assert code["pattern"] == "^[A-Za-z0-9_-]+$"
+    error = definitions["CouponError"]
+    kinds = definitions[error["properties"]["error"]["$ref"].rsplit("/", 1)[-1]]
+    assert set(kinds["enum"]) == {"DoesNotExist", "AlreadyExists", "Exhausted"}
+    # Every $ref resolves inside the document.
+    refs = _refs(schema)
+    assert refs and all(ref.rsplit("/", 1)[-1] in definitions for ref in refs)
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []

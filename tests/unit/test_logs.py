@@ -1,0 +1,107 @@
+"""The log scrubber: a known password never reaches a rendered line, whoever logged it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from worker.logs import SecretScrubber, bind_message, configure_logging, get_logger
+from worker.settings import LogFormat, Settings, secrets_of
+
+PASSWORD = "rabbit-s3cret-pw"
+PG_PASSWORD = "p@ss:w/rd"
+PG_ENCODED = "p%40ss%3Aw%2Frd"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    noisy = {
+        name: logging.getLogger(name).level
+        for name in ("aiormq", "aio_pika", "sqlalchemy", "asyncio")
+    }
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, previous in noisy.items():
+        logging.getLogger(name).setLevel(previous)
+    structlog.contextvars.clear_contextvars()
+    structlog.reset_defaults()
+
+
+def secrets() -> list[str]:
+    settings = Settings.model_validate(
+        {
+            "AMQP_URL": f"amqp://app:{PASSWORD}@mq:5672/",
+            "DATABASE_URL": f"postgresql+asyncpg://app:{PG_ENCODED}@db:5432/coupons",
+        }
+    )
+    return secrets_of(settings)
+
+
+def lines(stream: io.StringIO) -> list[str]:
+    return [line for line in stream.getvalue().splitlines() if line]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_json_lines_never_contain_a_password() -> None:
+    stream = io.StringIO()
+    configure_logging(LogFormat.JSON, "INFO", secrets(), stream=stream)
+    log = get_logger("test.scrubber")
+    bind_message({"message_id": "m-1", "correlation_id": "c-1"})
+    log.info("connected", url=f"amqp://app:{PASSWORD}@mq:5672/", note=f"pw={PG_PASSWORD}")
+    log.warning("retrying", dsn=f"postgresql+asyncpg://app:{PG_ENCODED}@db:5432/coupons")
+    try:
+        raise ConnectionError(f"cannot log in with {PASSWORD}")
+    except ConnectionError:
+        log.exception("broker_connection_lost")
+    logging.getLogger("aiormq.connection").warning("library says %s", PASSWORD)
+    logging.getLogger("sqlalchemy.pool").error("pool says %s", PG_ENCODED)
+
+    output = lines(stream)
+    assert len(output) == 5
+    records = [json.loads(line) for line in output]  # still valid JSON after scrubbing
+    assert [r["event"] for r in records][:3] == ["connected", "retrying", "broker_connection_lost"]
+    assert records[0]["message_id"] == "m-1" and records[0]["correlation_id"] == "c-1"
+    assert records[0]["url"] == "amqp://app:***@mq:5672/"
+    assert "***" in records[2]["exception"][0]["exc_value"]
+    text = stream.getvalue()
+    for secret in (PASSWORD, PG_PASSWORD, PG_ENCODED):
+        assert secret not in text
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_console_lines_never_contain_a_password() -> None:
+    stream = io.StringIO()
+    configure_logging(LogFormat.CONSOLE, "INFO", secrets(), stream=stream)
+    log = get_logger("test.scrubber.console")
+    try:
+        raise RuntimeError(f"dsn app:{PG_PASSWORD}@db")
+    except RuntimeError:
+        log.exception("unexpected", url=f"amqp://app:{PASSWORD}@mq/")
+    text = stream.getvalue()
+    assert "unexpected" in text and "RuntimeError" in text
+    assert PASSWORD not in text and PG_PASSWORD not in text
+    assert "***" in text
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_level_filters() -> None:
+    stream = io.StringIO()
+    configure_logging(LogFormat.JSON, "WARNING", [], stream=stream)
+    log = get_logger("test.level")
+    log.info("hidden")
+    log.warning("shown")
+    assert [json.loads(line)["event"] for line in lines(stream)] == ["shown"]
+
+
+def test_scrub_replaces_longer_secrets_first() -> None:
+    scrubber = SecretScrubber(["abc", "abcdef", ""], structlog.processors.JSONRenderer())
+    assert scrubber.scrub("x abcdef y abc z") == "x *** y *** z"
+    assert scrubber.scrub("nothing here") == "nothing here"
