@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 from typing import Any
 
+import contracts
 from contracts import names
 from contracts.commands import COMMANDS
 from contracts.events import EVENTS
@@ -95,3 +99,29 @@ def _refs(node: object) -> list[str]:
     if isinstance(node, list):
         return [ref for value in node for ref in _refs(value)]
     return []
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_the_coupon_contracts_distribution_declares_what_its_modules_import() -> None:
+    """contracts/pyproject.toml (the client distribution) must declare every third-party
+    import of the package: pydantic for the models, aio-pika only for the client extra."""
+    folder = Path(contracts.__file__).parent
+    project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    assert [d.split(">")[0] for d in project["dependencies"]] == ["pydantic"]
+    assert [d.split(">")[0] for d in project["optional-dependencies"]["client"]] == ["aio-pika"]
+    third_party: dict[str, set[str]] = {}
+    for module in sorted(folder.glob("*.py")):
+        roots = _imported_roots(module) - set(sys.stdlib_module_names) - {"contracts"}
+        third_party[module.name] = roots
+    client = third_party.pop("client.py")
+    assert "aio_pika" in client and client <= {"aio_pika", "pydantic"}, client
+    assert set().union(*third_party.values()) <= {"pydantic", "pydantic_core"}, third_party
