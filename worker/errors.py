@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+import ssl
+from typing import Final, Literal
 
 from worker.db.schema import SchemaMismatch
 from worker.messaging.topology import TopologyError
@@ -27,6 +29,13 @@ def describe_startup_failure(
             return StartupError(
                 f"RabbitMQ at {where} refused the credentials or the virtual host ({name}); "
                 "check AMQP_URL"
+            )
+        tls_failure = _tls_failure(error)
+        if tls_failure is not None:
+            return StartupError(
+                f"the TLS handshake with RabbitMQ at {where} failed ({tls_failure}): check "
+                "that this port has a TLS listener, and that WORKER_AMQP_CA_FILE holds the CA "
+                "that signed the broker's certificate"
             )
         if _is_connection_fault(error):
             return StartupError(
@@ -64,3 +73,22 @@ def _is_connection_fault(error: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+_SSL_REASON: Final = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
+
+
+def _tls_failure(error: BaseException) -> str | None:
+    """The reason of a failed TLS handshake anywhere in the error's chain (aiormq wraps the
+    `ssl.SSLError` into its own connection error, keeping only its text)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return str(current.reason or type(current).__name__)
+        found = _SSL_REASON.search(str(current))
+        if found:
+            return found.group(1)
+        current = current.__cause__ or current.__context__
+    return None

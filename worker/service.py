@@ -54,11 +54,7 @@ async def connect_broker(
         timeout=10,
         reconnect_interval=1,
     )
-    connection.close_callbacks.add(
-        lambda _, error: (
-            log.warning("broker_connection_lost", error=repr(error)) if error is not None else None
-        )
-    )
+    connection.close_callbacks.add(_log_connection_lost)
     connection.reconnect_callbacks.add(lambda _: log.info("broker_reconnected"))
     return connection
 

@@ -65,15 +65,21 @@ class Collected:
 
 
 class Broker:
-    def __init__(self, amqp_url: str, prefix: str) -> None:
+    def __init__(self, amqp_url: str, prefix: str, *, robust: bool = False) -> None:
         self.amqp_url = amqp_url
+        # A robust connection reconnects, re-declares its queues and consumes again after the
+        # broker restarts or closes it (the fault tests that restart the broker need that).
+        self.robust = robust
         self.topology = Topology(prefix)
         self.connection: AbstractConnection | None = None
         self.channel: AbstractChannel | None = None
         self._collectors: list[str] = []
 
     async def open(self) -> None:
-        self.connection = await aio_pika.connect(self.amqp_url)
+        if self.robust:
+            self.connection = await aio_pika.connect_robust(self.amqp_url, reconnect_interval=1)
+        else:
+            self.connection = await aio_pika.connect(self.amqp_url)
         self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
 
     async def close(self) -> None:
@@ -160,11 +166,14 @@ class Broker:
 
     # --- receiving ----------------------------------------------------------------------
 
-    async def collect(self, exchange: str, pattern: str = "#") -> Collected:
-        """A queue bound to `exchange` from now on, consumed into a `Collected`."""
+    async def collect(
+        self, exchange: str, pattern: str = "#", *, durable: bool = False
+    ) -> Collected:
+        """A queue bound to `exchange` from now on, consumed into a `Collected`. A `durable`
+        one keeps what arrives while the broker restarts."""
         collected = Collected()
         name = f"{self.topology.prefix}test-{uuid.uuid4().hex[:8]}"
-        queue = await self.ch.declare_queue(name, auto_delete=False, durable=False)
+        queue = await self.ch.declare_queue(name, auto_delete=False, durable=durable)
         self._collectors.append(name)
         await queue.bind(exchange, routing_key=pattern)
 
@@ -201,6 +210,22 @@ class Broker:
     async def dead_letters(self) -> list[AbstractIncomingMessage]:
         return await self.drain_queue(self.topology.dead_queue)
 
+    async def wait_dead_letters(
+        self, count: int, within: float, quiet: float = 0.5
+    ) -> list[AbstractIncomingMessage]:
+        """Drain the dead-letter queue until `count` arrived, then for `quiet` seconds more, so
+        that a letter too many is seen too."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        taken: list[AbstractIncomingMessage] = []
+        while len(taken) < count:
+            assert loop.time() < deadline, f"only {len(taken)} of {count} dead letters arrived"
+            taken += await self.dead_letters()
+            if len(taken) < count:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(quiet)
+        return taken + await self.dead_letters()
+
     async def depth(self, name: str) -> int:
         channel = await self.connection.channel() if self.connection else None
         assert channel is not None
@@ -209,6 +234,20 @@ class Broker:
             return int(declared.declaration_result.message_count or 0)
         finally:
             await channel.close()
+
+    async def wait_queue(self, name: str, within: float = 60.0) -> None:
+        """Wait until `name` answers a passive declare (a quorum queue needs its node up and a
+        leader elected after a broker restart)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            try:
+                await self.depth(name)
+                return
+            except Exception as error:
+                if loop.time() > deadline:
+                    raise AssertionError(f"queue {name} unavailable after {within}s") from error
+                await asyncio.sleep(0.5)
 
     async def consumers(self, name: str) -> int:
         channel = await self.connection.channel() if self.connection else None

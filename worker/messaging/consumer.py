@@ -58,26 +58,52 @@ class Consumer:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._outage = OutageLog(log)
         self._consumer_tag: str | None = None
+        self._careful = True
         self._dispatcher: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self, queue: AbstractQueue, channel: AbstractChannel) -> None:
-        await channel.set_qos(prefetch_count=self._settings.prefetch)
+        # Careful start: one delivery at a time while the head of the queue is redelivered
+        # commands (one of them may have crashed the last worker). Were the full prefetch
+        # held while such a command crashes this process too, every held command would be
+        # charged a delivery, and healthy commands would reach the delivery limit together
+        # with the poison. The first fresh command opens the full prefetch.
+        self._queue, self._channel = queue, channel
+        self._careful = True
+        await channel.set_qos(prefetch_count=1)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
         self._consumer_tag = await queue.consume(self._receive)
-        self._queue = queue
+
+    async def _open_up(self) -> None:
+        """Leave the careful start: consume again with the full prefetch (a prefetch applies
+        to consumers created after it is set), then cancel the one-at-a-time consumer."""
+        careful_tag = self._consumer_tag
+        try:
+            await self._channel.set_qos(prefetch_count=self._settings.prefetch)
+            self._consumer_tag = await self._queue.consume(self._receive)
+            self._careful = False
+            if careful_tag is not None:
+                await self._queue.cancel(careful_tag)
+        except Exception as error:  # the channel may be gone; the next fresh command retries
+            log.warning("prefetch_open_failed", error=repr(error))
 
     async def stop(self, grace_period: float) -> int:
         """Stop taking deliveries, finish what was delivered, return the rest. Returns how
         many messages had to be returned to the queue."""
+        # One deadline for the whole stop, the consumer's cancel included, less a reserve for
+        # returning the unfinished and closing the connections: the process exits within its
+        # grace period, before an orchestrator's SIGKILL could turn a return into a redelivery.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_period - min(1.0, grace_period * 0.2)
         if self._consumer_tag is not None:
             try:
-                await asyncio.wait_for(self._queue.cancel(self._consumer_tag), timeout=5)
+                cancel_within = min(5.0, max(deadline - loop.time(), 0.1))
+                await asyncio.wait_for(self._queue.cancel(self._consumer_tag), cancel_within)
             except Exception as error:  # the channel may be gone; nothing is delivered then
                 log.warning("consumer_cancel_failed", error=repr(error))
         try:
-            async with asyncio.timeout(grace_period):
+            async with asyncio.timeout_at(deadline):
                 settled = asyncio.create_task(self._all_settled.wait())
                 waits: set[asyncio.Future[Any]] = {settled}
                 if self._dispatcher is not None:
@@ -116,6 +142,8 @@ class Consumer:
             if first.redelivered:
                 await self._alone(first)
                 continue
+            if self._careful:
+                await self._open_up()
             batch, suspects = [first], list[AbstractIncomingMessage]()
             while len(batch) < batch_size and not self._inbox.empty():
                 message = self._inbox.get_nowait()

@@ -1,0 +1,623 @@
+"""Security (issue 3, item 9): a least-privilege broker user, no password in any output, amqps://
+with a CA file, and SQL that takes input only as bound parameters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from contracts import CreateCoupon, GetCoupon, RedeemCoupon, names
+from contracts.validation import InvalidCommand, RejectionCode, decode_command
+from tests.conftest import StartWorker
+from tests.support.broker import Broker
+from tests.support.ledger import _reason
+from tests.support.services import Services
+from worker.db.repositories import CouponsRepository, ProcessedCommandsRepository
+from worker.db.tables import Coupon, ProcessedCommand
+from worker.domain.errors import DoesNotExist
+from worker.domain.model import Outcome
+
+pytestmark = pytest.mark.faults
+
+INJECTIONS = ("'); DROP TABLE coupon;--", "' OR '1'='1")
+CLOSED_PORT = 1  # nothing listens on tcpmux here: the connection is refused at once
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+async def rabbitmqctl(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    output = out.decode(errors="replace")
+    assert process.returncode == 0, f"rabbitmqctl {args[0]} failed: {output}"
+    return output
+
+
+@dataclass(frozen=True)
+class RabbitUser:
+    name: str
+    password: str
+
+    def url(self, services: Services, scheme: str = "amqp", port: int | None = None) -> str:
+        where = urlsplit(services.amqp_url)
+        return (
+            f"{scheme}://{self.name}:{quote(self.password, safe='')}@{where.hostname}:"
+            f"{port or where.port or 5672}/"
+        )
+
+
+@pytest.fixture
+async def rabbit_user(prefix: str) -> AsyncIterator[RabbitUser]:
+    """A broker user of this test's own, with a distinctive password, allowed everything
+    under the test's prefix (plus the default exchange, for replies)."""
+    user = RabbitUser(f"coupon-sec-{uuid.uuid4().hex[:8]}", f"AmqpPw-{secrets.token_hex(8)}/%+")
+    await rabbitmqctl("add_user", user.name, user.password)
+    try:
+        mine = f"^{re.escape(prefix)}.*"
+        await rabbitmqctl(
+            "set_permissions", "-p", "/", user.name, mine, mine + "|^amq\\.default$", mine
+        )
+        yield user
+    finally:
+        await rabbitmqctl("delete_user", user.name)
+
+
+def secret_forms(*passwords: str) -> set[str]:
+    """Each password as given and as it appears URL-encoded."""
+    return {form for p in passwords for form in (p, quote(p, safe=""))}
+
+
+def assert_no_secret(output: str, secret_values: set[str], what: str) -> None:
+    for value in secret_values:
+        assert value not in output, f"a password appears in {what}:\n{output[-3000:]}"
+
+
+async def run_cli(env: dict[str, str], *args: str, within: float = 60.0) -> tuple[int, str]:
+    """`python -m worker ARGS` with only `env` (plus PATH etc.) configuring it."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("WORKER_", "PYTEST_", "AMQP_", "DATABASE_"))
+    }
+    environment.update({"WORKER_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **env})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), within)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"`worker {' '.join(args)}` still running after {within}s") from None
+    assert process.returncode is not None
+    return process.returncode, out.decode(errors="replace")
+
+
+def with_password(database_url: str, password: str) -> str:
+    """The same database URL with a password (trust authentication accepts any)."""
+    scheme, _, rest = database_url.partition("://")
+    credentials, _, location = rest.rpartition("@")
+    user = credentials.split(":", 1)[0] or "postgres"
+    return f"{scheme}://{user}:{quote(password, safe='')}@{location}"
+
+
+def print_figures(capsys: pytest.CaptureFixture[str], label: str, **figures: object) -> None:
+    line = " ".join(f"{key}={value}" for key, value in figures.items())
+    with capsys.disabled():
+        print(f"\nFIGURES [{label}] {line}")  # noqa: T201 - the suite states its figures
+
+
+# --- (a) least privilege ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+async def test_least_privilege_user_runs_on_operator_topology_and_names_what_is_missing(
+    broker: Broker,
+    start_worker: StartWorker,
+    services: Services,
+    prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    missing_prefix = f"{prefix}absent-"
+    user = RabbitUser(f"coupon-lp-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18))
+    ours = f"(?:{re.escape(prefix)}|{re.escape(missing_prefix)})"
+    await rabbitmqctl("add_user", user.name, user.password)
+    try:
+        # configure: nothing. write: the events and dead-letter exchanges (and the default
+        # exchange, for replies). read: the worker queue. The topology is the operator's:
+        # the `broker` fixture declared it as guest.
+        await rabbitmqctl(
+            "set_permissions",
+            "-p",
+            "/",
+            user.name,
+            "^$",
+            f"^{ours}coupon\\.(?:events|dead)$|^amq\\.default$",
+            f"^{ours}coupon\\.worker$",
+        )
+        amqp_url = user.url(services)
+
+        # With the topology missing, it says what is missing, and stops.
+        absent = start_worker(
+            name="absent",
+            amqp_url=amqp_url,
+            worker_declare_topology="false",
+            worker_name_prefix=missing_prefix,
+        )
+        absent_code = await absent.wait_exit(within=60)
+        assert absent_code == 2, absent.output[-3000:]
+        assert "Traceback" not in absent.output
+        for name in ("coupon.commands", "coupon.events", "coupon.dead", "coupon.worker"):
+            assert f"'{missing_prefix}{name}'" in absent.output, absent.output[-3000:]
+        assert "WORKER_DECLARE_TOPOLOGY=false" in absent.output
+
+        # Asked to declare the topology, it cannot (no configure permission) and says why.
+        declaring = start_worker(name="declaring", amqp_url=amqp_url)
+        declaring_code = await declaring.wait_exit(within=60)
+        assert declaring_code == 2, declaring.output[-3000:]
+        assert "Traceback" not in declaring.output
+        assert "WORKER_DECLARE_TOPOLOGY=false" in declaring.output
+
+        # On the operator's topology, it processes commands, dead-letters and replies.
+        events = await broker.collect_events()
+        reply_to, replies = await broker.reply_queue()
+        worker = start_worker(amqp_url=amqp_url, worker_declare_topology="false")
+        await worker.wait_ready()
+        await broker.send(CreateCoupon(code="LP-1", init_count=2))
+        await events.wait_for(1)
+        await broker.send(RedeemCoupon(code="LP-1"))
+        await broker.send(GetCoupon(code="LP-1"), reply_to=reply_to)
+        bad_id = await broker.send_raw(names.REDEEM, b"{")
+        await events.wait_for(2)
+        await replies.wait_for(1)
+        dead = await _dead_letters(broker, 1)
+        code = await worker.stop(within=60)
+        print_figures(
+            capsys,
+            "least privilege",
+            events=len(events.messages),
+            replies=len(replies.messages),
+            dead_lettered=len(dead),
+            missing_topology_exit=absent_code,
+            declare_without_permission_exit=declaring_code,
+            stop_exit=code,
+        )
+        assert [m.type for m in events.messages] == ["coupon.created", "coupon.redeemed"]
+        assert replies.messages[0].type == "coupon.found"
+        assert [(m.message_id, _reason(m)) for m in dead] == [(bad_id, "InvalidJson")]
+        assert code == 0, worker.output[-3000:]
+    finally:
+        await rabbitmqctl("delete_user", user.name)
+
+
+async def _dead_letters(
+    broker: Broker, count: int, within: float = 30.0
+) -> list[AbstractIncomingMessage]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    taken: list[AbstractIncomingMessage] = []
+    while len(taken) < count:
+        assert loop.time() < deadline, f"{len(taken)} of {count} dead letters"
+        taken += await broker.dead_letters()
+        await asyncio.sleep(0.1)
+    return taken
+
+
+# --- (b) no secrets in any output ------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+async def test_no_password_appears_in_logs_or_error_messages(
+    broker: Broker,
+    start_worker: StartWorker,
+    services: Services,
+    database_url: str,
+    rabbit_user: RabbitUser,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pg_password = f"PgPw-{secrets.token_hex(8)}@:/"
+    wrong_password = f"WrongPw-{secrets.token_hex(8)}"
+    hidden = secret_forms(rabbit_user.password, pg_password, wrong_password)
+    amqp_url = rabbit_user.url(services)
+    db_url = with_password(database_url, pg_password)
+
+    # A full run, at DEBUG: start-up, commands, dead letters, a command whose failure is
+    # logged with its traceback, a reply to an invalid command, and a clean stop.
+    events = await broker.collect_events()
+    reply_to, replies = await broker.reply_queue()
+    worker = start_worker(
+        amqp_url=amqp_url,
+        database_url=db_url,
+        worker_log_level="DEBUG",
+        worker_fault_plan="handle:raise:fault-secret",
+        worker_max_attempts="2",
+    )
+    await worker.wait_ready()
+    await broker.send(CreateCoupon(code="SEC-1", init_count=1))
+    await events.wait_for(1)
+    await broker.send(RedeemCoupon(code="SEC-1"))
+    await broker.send(RedeemCoupon(code="SEC-1"))
+    await broker.send(RedeemCoupon(code="fault-secret"))
+    await broker.send_raw(names.CREATE, b'{"code": "Z", "init_count": 0}', reply_to=reply_to)
+    await broker.send_raw(names.REDEEM, b"\xff")
+    await events.wait_for(3)
+    await replies.wait_for(1)
+    dead = await _dead_letters(broker, 3)
+    assert sorted(_reason(m) for m in dead) == ["InvalidCommand", "InvalidJson", "ProcessingFailed"]
+    await worker.wait_for_log("command_failed")
+    assert await worker.stop(within=60) == 0
+    assert worker.events("worker_stopped")
+    assert f"{rabbit_user.name}:***@" in worker.output  # where it connects, redacted
+    assert_no_secret(worker.output, hidden, "the worker's log")
+    assert_no_secret(str([m.headers for m in dead]), hidden, "dead-letter headers")
+
+    # Failures, each a process of its own: every message names the service, never a password.
+    where = urlsplit(services.amqp_url)
+    closed_amqp = rabbit_user.url(services, port=CLOSED_PORT)
+    wrong_amqp = f"amqp://{rabbit_user.name}:{wrong_password}@{where.hostname}:{where.port}/"
+    closed_db = re.sub(r"@[^/]+/", f"@127.0.0.1:{CLOSED_PORT}/", db_url)
+    base = {
+        "AMQP_URL": amqp_url,
+        "DATABASE_URL": db_url,
+        "WORKER_NAME_PREFIX": broker.topology.prefix,
+    }
+    cases: Sequence[tuple[str, dict[str, str], tuple[str, ...], str]] = [
+        ("broker closed", {"AMQP_URL": closed_amqp}, ("run",), "cannot reach RabbitMQ"),
+        ("wrong broker password", {"AMQP_URL": wrong_amqp}, ("run",), "refused the credentials"),
+        ("database closed", {"DATABASE_URL": closed_db}, ("run",), "cannot reach PostgreSQL"),
+        ("migrate, database closed", {"DATABASE_URL": closed_db}, ("migrate",), "PostgreSQL"),
+        (
+            "publish, broker closed",
+            {"AMQP_URL": closed_amqp},
+            ("publish", "redeem", "--code", "X", "--wait", "--timeout", "5"),
+            "RabbitMQ",
+        ),
+        (
+            "events, broker closed",
+            {"AMQP_URL": closed_amqp},
+            ("events", "--limit", "1"),
+            "RabbitMQ",
+        ),
+        (
+            "bad AMQP_URL",
+            {"AMQP_URL": closed_amqp.replace(f":{CLOSED_PORT}/", ":port/")},
+            ("run",),
+            "AMQP_URL",
+        ),
+        (
+            "bad DATABASE_URL",
+            {"DATABASE_URL": db_url.replace("postgresql+asyncpg", "postgresql")},
+            ("run",),
+            "DATABASE_URL",
+        ),
+    ]
+    results = await asyncio.gather(*(run_cli({**base, **env}, *args) for _, env, args, _ in cases))
+    for (label, _, _, expected), (code, output) in zip(cases, results, strict=True):
+        assert code == 2, f"{label}: exit {code}\n{output[-3000:]}"
+        assert expected in output, f"{label}:\n{output[-3000:]}"
+        assert "Traceback" not in output, f"{label}:\n{output[-3000:]}"
+        assert_no_secret(output, hidden, label)
+    print_figures(
+        capsys,
+        "no secrets",
+        log_lines=len(worker.lines),
+        failure_cases=len(cases),
+        passwords_found=0,
+        dead_lettered=len(dead),
+    )
+    with capsys.disabled():
+        for (label, *_), (_, output) in zip(cases, results, strict=True):
+            print(f"  {label}: {output.strip().splitlines()[-1][:220]}")  # noqa: T201
+
+
+# --- (c) amqps:// with a CA file -------------------------------------------------------------
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate it signed for 127.0.0.1, and an unrelated CA."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    files = {name: directory / f"{name}.pem" for name in ("ca", "ca_key", "other_ca", "other_key")}
+    files |= {name: directory / f"{name}.pem" for name in ("server", "server_key", "csr")}
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        str(files["ca_key"]),
+        "-out",
+        str(files["ca"]),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=coupon test CA",
+    )
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        str(files["other_key"]),
+        "-out",
+        str(files["other_ca"]),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=someone else's CA",
+    )
+    openssl(
+        "req",
+        *ec,
+        "-keyout",
+        str(files["server_key"]),
+        "-out",
+        str(files["csr"]),
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    extensions = directory / "san.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(files["csr"]),
+        "-CA",
+        str(files["ca"]),
+        "-CAkey",
+        str(files["ca_key"]),
+        "-CAcreateserial",
+        "-out",
+        str(files["server"]),
+        "-days",
+        "2",
+        "-extfile",
+        str(extensions),
+    )
+    return files
+
+
+class TlsProxy:
+    """A TLS listener in front of the plain AMQP port (the shared broker is not reconfigured):
+    what a TLS-terminating load balancer does."""
+
+    def __init__(self, certificate: Path, key: Path, host: str, port: int) -> None:
+        import ssl
+
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(str(certificate), str(key))
+        self.target = (host, port)
+        self.handshakes = 0
+        self.server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.handshakes += 1
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            sink.close()
+
+
+@pytest.mark.timeout(180)
+async def test_amqps_with_a_ca_file(
+    broker: Broker,
+    start_worker: StartWorker,
+    services: Services,
+    database_url: str,
+    rabbit_user: RabbitUser,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = await asyncio.to_thread(make_certificates, tmp_path)
+    where = urlsplit(services.amqp_url)
+    proxy = TlsProxy(
+        files["server"], files["server_key"], where.hostname or "127.0.0.1", where.port or 5672
+    )
+    port = await proxy.start()
+    hidden = secret_forms(rabbit_user.password)
+    try:
+        # Through TLS, verified against the CA file: the worker works as on plain AMQP.
+        events = await broker.collect_events()
+        worker = start_worker(
+            amqp_url=rabbit_user.url(services, "amqps", port),
+            worker_amqp_ca_file=str(files["ca"]),
+        )
+        await worker.wait_ready()
+        await broker.send(CreateCoupon(code="TLS-1", init_count=1))
+        await events.wait_for(1)
+        assert events.messages[0].type == "coupon.created"
+        assert await worker.stop(within=60) == 0
+        assert proxy.handshakes >= 1
+        assert_no_secret(worker.output, hidden, "the worker's log")
+
+        base = {"DATABASE_URL": database_url, "WORKER_NAME_PREFIX": broker.topology.prefix}
+        plain_port = rabbit_user.url(services, "amqps")  # the AMQP port speaks no TLS
+        cases: list[tuple[str, dict[str, str], str]] = [
+            (
+                "amqps to a port without TLS",
+                {"AMQP_URL": plain_port, "WORKER_AMQP_CA_FILE": str(files["ca"])},
+                "TLS handshake with RabbitMQ",
+            ),
+            (
+                "certificate from another CA",
+                {
+                    "AMQP_URL": rabbit_user.url(services, "amqps", port),
+                    "WORKER_AMQP_CA_FILE": str(files["other_ca"]),
+                },
+                "CERTIFICATE_VERIFY_FAILED",
+            ),
+            (
+                "missing CA file",
+                {"AMQP_URL": plain_port, "WORKER_AMQP_CA_FILE": str(tmp_path / "missing.pem")},
+                "cannot read",
+            ),
+            (
+                "CA file that is not PEM",
+                {
+                    "AMQP_URL": plain_port,
+                    "WORKER_AMQP_CA_FILE": str(tmp_path / "san.ext"),
+                },
+                "not a PEM CA bundle",
+            ),
+            (
+                "CA file with plain amqp://",
+                {"AMQP_URL": rabbit_user.url(services), "WORKER_AMQP_CA_FILE": str(files["ca"])},
+                "amqps://",
+            ),
+        ]
+        results = await asyncio.gather(*(run_cli({**base, **env}, "run") for _, env, _ in cases))
+        for (label, _, expected), (code, output) in zip(cases, results, strict=True):
+            assert code == 2, f"{label}: exit {code}\n{output[-3000:]}"
+            assert expected in output, f"{label}:\n{output[-3000:]}"
+            assert "Traceback" not in output, f"{label}:\n{output[-3000:]}"
+            assert_no_secret(output, hidden, label)
+    finally:
+        await proxy.close()
+    print_figures(capsys, "amqps", tls_handshakes=proxy.handshakes, refusal_cases=len(cases))
+    with capsys.disabled():
+        for (label, *_), (_, output) in zip(cases, results, strict=True):
+            print(f"  {label}: {output.strip().splitlines()[-1][:220]}")  # noqa: T201
+
+
+# --- (d) SQL takes input as bound parameters only ---------------------------------------------
+
+
+def test_injection_strings_are_not_valid_coupon_codes() -> None:
+    for code in INJECTIONS:
+        for routing_key, body in (
+            (names.REDEEM, RedeemCoupon.model_construct(code=code).model_dump_json()),
+            (names.CREATE, CreateCoupon.model_construct(code=code, init_count=1).model_dump_json()),
+        ):
+            with pytest.raises(InvalidCommand) as refused:
+                decode_command(
+                    routing_key,
+                    body.encode(),
+                    message_id="m-1",
+                    content_type=names.JSON_CONTENT_TYPE,
+                )
+            assert refused.value.code is RejectionCode.INVALID_COMMAND
+            assert "code" in refused.value.detail
+
+
+@pytest.mark.timeout(120)
+async def test_injection_strings_are_stored_literally_and_the_tables_survive(
+    sessions: async_sessionmaker[AsyncSession],
+    broker: Broker,
+    start_worker: StartWorker,
+    db: AsyncEngine,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Below the contract's code rules, the repositories themselves take any string literally.
+    async with sessions() as session, session.begin():
+        coupons = CouponsRepository(session)
+        await coupons.create("REAL-1", 5)
+        for code in INJECTIONS:
+            created = await coupons.create(code, 3)
+            assert created.code == code
+    async with sessions() as session, session.begin():
+        coupons = CouponsRepository(session)
+        for code in INJECTIONS:
+            assert (await coupons.get_by_code(code)).code == code
+            assert (await coupons.redeem(code)).remaining_count == 2
+        with pytest.raises(DoesNotExist):
+            await coupons.get_by_code("' OR ''='")  # would match every row if spliced in
+        processed = ProcessedCommandsRepository(session)
+        outcome = Outcome(
+            command_message_id=INJECTIONS[0],
+            command=names.REDEEM,
+            routing_key=names.REDEEMED,
+            body=b'{"note": "\'); DROP TABLE processed_command;--"}',
+            occurred_at=datetime.now(UTC),
+        )
+        assert await processed.record([outcome])
+    async with sessions() as session:
+        stored = await ProcessedCommandsRepository(session).outcomes(list(INJECTIONS))
+        assert list(stored) == [INJECTIONS[0]] and stored[INJECTIONS[0]].body == outcome.body
+
+    # Through the worker: the message_id is free text, and is stored literally too.
+    events = await broker.collect_events()
+    worker = start_worker()
+    await worker.wait_ready()
+    hostile_id = "'); DROP TABLE processed_command;--"
+    await broker.send(CreateCoupon(code="INJ-1", init_count=1), message_id=hostile_id)
+    await broker.send(CreateCoupon(code="INJ-1", init_count=1), message_id=hostile_id)
+    await events.wait_for(2)
+    assert {m.headers["causation_id"] for m in events.messages if m.headers} == {hostile_id}
+    assert len({m.message_id for m in events.messages}) == 1
+
+    async with db.connect() as connection:
+        tables = {
+            name: await connection.scalar(text("SELECT to_regclass(:name)::text"), {"name": name})
+            for name in ("coupon", "processed_command")
+        }
+        codes = set((await connection.scalars(select(Coupon.code))).all())
+        rows = await connection.scalar(select(func.count()).select_from(ProcessedCommand))
+        hostile_rows = await connection.scalar(
+            select(func.count()).where(ProcessedCommand.message_id == hostile_id)
+        )
+    print_figures(
+        capsys,
+        "sql injection",
+        coupons=len(codes),
+        processed_rows=rows,
+        hostile_rows=hostile_rows,
+        tables_intact=all(tables.values()),
+    )
+    assert tables == {"coupon": "coupon", "processed_command": "processed_command"}
+    assert codes == {"REAL-1", "INJ-1", *INJECTIONS}
+    assert hostile_rows == 1 and rows == 2

@@ -1,0 +1,119 @@
+"""Crash at the exact worst points, made deterministic by the fault-injection seam.
+
+`WORKER_FAULT_PLAN=point:crash:code` SIGKILLs the worker whenever a command on `code` reaches
+`point` (worker/faults.py; it fires every time, so the restarted worker runs without a plan).
+The fault commands travel in one batch with ordinary ones, so the whole batch dies with them.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import CreateCoupon, RedeemCoupon
+from contracts.commands import Command
+from tests.conftest import StartWorker
+from tests.support.broker import Broker
+from tests.support.ledger import Ledger
+from worker.db.tables import Coupon, ProcessedCommand
+from worker.faults import FaultPoint
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
+
+REDEEM_CODE = "fault-wp-redeem"
+CREATE_CODE = "fault-wp-create"
+SHARED_CODE = "wp-shared"
+
+
+async def rows(db: AsyncEngine, message_ids: list[str]) -> int:
+    async with db.connect() as connection:
+        count = await connection.scalar(
+            select(func.count())
+            .select_from(ProcessedCommand)
+            .where(ProcessedCommand.message_id.in_(message_ids))
+        )
+    return int(count or 0)
+
+
+async def remaining(db: AsyncEngine, code: str) -> int | None:
+    async with db.connect() as connection:
+        count = await connection.scalar(select(Coupon.remaining_count).where(Coupon.code == code))
+    return None if count is None else int(count)
+
+
+@pytest.mark.parametrize("point", list(FaultPoint), ids=str)
+async def test_crash_at_worst_point_gives_one_effect_and_one_outcome(
+    point: FaultPoint,
+    broker: Broker,
+    start_worker: StartWorker,
+    db: AsyncEngine,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ledger = Ledger(broker)
+    await ledger.start()
+
+    # The coupons the batch redeems exist before the faulty worker starts.
+    setup = start_worker(name="setup")
+    await setup.wait_ready()
+    await ledger.send(CreateCoupon(code=REDEEM_CODE, init_count=5))
+    await ledger.send(CreateCoupon(code=SHARED_CODE, init_count=10))
+    await ledger.wait_outcomes(within=30)
+    assert await setup.stop() == 0
+
+    # One batch: ordinary commands with the two fault commands among them, queued up front.
+    batch: list[Command] = [CreateCoupon(code=f"wp-{i}", init_count=2) for i in range(30)]
+    batch += [RedeemCoupon(code=SHARED_CODE) for _ in range(12)]
+    batch.insert(17, RedeemCoupon(code=REDEEM_CODE))
+    batch.insert(25, CreateCoupon(code=CREATE_CODE, init_count=3))
+    ids = [await ledger.send(command) for command in batch]
+    fault_ids = [ids[17], ids[25]]
+
+    faulty = start_worker(
+        name=f"faulty-{point}",
+        worker_fault_plan=f"{point}:crash:{REDEEM_CODE},{point}:crash:{CREATE_CODE}",
+    )
+    assert await faulty.wait_exit(within=60) == -signal.SIGKILL, faulty.output[-3000:]
+    assert faulty.events("fault_injection_enabled")
+
+    # The crash landed where it was meant to.
+    ledger.received()
+    committed = await rows(db, fault_ids)
+    if point in (FaultPoint.HANDLE, FaultPoint.BEFORE_COMMIT):
+        assert committed == 0
+        assert await remaining(db, REDEEM_CODE) == 5
+        assert not set(fault_ids) & set(ledger.by_causation)
+    elif point is FaultPoint.AFTER_COMMIT:
+        assert committed >= 1  # the batch committed, nothing of it was published
+        assert not set(fault_ids) & set(ledger.by_causation)
+    else:
+        assert committed >= 1
+        # Published before the crash (the other fault command may sit in a batch that the
+        # crash cut short).
+        await ledger.wait_for(*fault_ids, within=30, at_least=1)
+    before_restart = ledger.received()
+
+    restarted = start_worker(name="restarted")
+    await restarted.wait_ready()
+    seconds = await ledger.wait_outcomes(within=60)
+    await ledger.wait_settled(within=30)
+    assert await restarted.stop() == 0
+
+    report = await ledger.check(db)
+    report.emit(
+        f"worst point {point}",
+        capsys,
+        kills=1,
+        events_before_restart=before_restart,
+        recovery_seconds=round(seconds, 1),
+    )
+    report.assert_ok()
+    assert report.lost == 0 and report.doubled == 0 and report.dead_lettered == 0
+    assert await remaining(db, REDEEM_CODE) == 4
+    assert await remaining(db, SHARED_CODE) == 0  # 10 redeemed, 2 Exhausted
+    assert await remaining(db, CREATE_CODE) == 3
+    if point is FaultPoint.AFTER_PUBLISH:
+        # Published before the crash and again after it: the same event, twice.
+        assert report.duplicates >= 1
