@@ -5,6 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
+# Imported here, at a shallow stack: when no collected module imports hypothesis, its pytest
+# plugin imports it at the terminal summary, deep in pluggy's stack, where CPython 3.11.7's
+# parser intermittently fails ("SystemError: AST constructor recursion depth mismatch",
+# cpython gh-106905) under pytest's assertion rewriting.
+import hypothesis  # noqa: F401
 import pytest
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,

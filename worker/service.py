@@ -146,8 +146,11 @@ async def _consume(
     if settings.health_file is not None:
         settings.health_file.unlink(missing_ok=True)
     log.info("worker_stopped", returned=returned, seconds=round(time.monotonic() - started, 2))
-    if failed.done() and not failed.cancelled() and failed.exception() is not None:
-        raise RuntimeError("the dispatcher failed") from failed.exception()
+    if failed.done() and not stop.is_set():
+        # The dispatcher ended on its own: a bug. Exit non-zero so that a supervisor restarts
+        # the worker; its unsettled commands were returned above, or are redelivered.
+        cause = None if failed.cancelled() else failed.exception()
+        raise RuntimeError("the dispatcher stopped unexpectedly") from cause
     return 0
 
 

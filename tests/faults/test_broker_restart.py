@@ -92,7 +92,15 @@ async def run_through(
     assert ledger.received() > 1, "the flow did not get going"
 
     outage = await disruption()
-    resumed = await flow.first_outcome_after(outage.answering_at, within=RESUME_LIMIT)
+    try:
+        resumed = await flow.first_outcome_after(outage.answering_at, within=RESUME_LIMIT)
+    except AssertionError as error:
+        queue = broker.topology.worker_queue
+        raise AssertionError(
+            f"{error}\nqueue depth {await broker.depth(queue)}, consumers "
+            f"{await broker.consumers(queue)}, events received {ledger.received()}, "
+            f"worker running {worker.running()}; worker output:\n{worker.output[-6000:]}"
+        ) from error
     await asyncio.sleep(2)  # and flowing again for a while
     await flow.stop()
     settled = await ledger.wait_outcomes(within=60)

@@ -85,7 +85,10 @@ class Consumer:
             self._careful = False
             if careful_tag is not None:
                 await self._queue.cancel(careful_tag)
-        except Exception as error:  # the channel may be gone; the next fresh command retries
+        except (Exception, asyncio.CancelledError) as error:
+            if _cancelled_here(error):
+                raise
+            # The channel may be gone; the next fresh command retries.
             log.warning("prefetch_open_failed", error=repr(error))
 
     async def stop(self, grace_period: float) -> int:
@@ -257,7 +260,9 @@ class Consumer:
                     for m, o in zip(messages, outcomes, strict=True)
                 )
             )
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
+            if _cancelled_here(error):
+                raise
             # Committed but not confirmed: return the commands; their redelivery is answered
             # from the stored outcomes, with the same event message ids.
             log.warning("publish_failed", count=len(messages), error=repr(error))
@@ -274,7 +279,9 @@ class Consumer:
     ) -> None:
         try:
             await self._publisher.dead_letter(message, error, detail, reply_error)
-        except Exception as failure:
+        except (Exception, asyncio.CancelledError) as failure:
+            if _cancelled_here(failure):
+                raise
             log.error("dead_letter_failed", **_context(message), error=repr(failure))
             await asyncio.sleep(1)  # do not spin on a broker that refuses dead letters
             await self._requeue(message)
@@ -292,7 +299,10 @@ class Consumer:
     async def _ack(self, message: AbstractIncomingMessage) -> None:
         try:
             await message.ack()
-        except Exception as error:  # channel gone: the broker redelivers; dedupe answers it
+        except (Exception, asyncio.CancelledError) as error:
+            if _cancelled_here(error):
+                raise
+            # Channel gone: the broker redelivers; dedupe answers it.
             log.info("ack_lost", **_context(message), error=repr(error))
         finally:
             self._forget(message)
@@ -300,10 +310,20 @@ class Consumer:
     async def _requeue(self, message: AbstractIncomingMessage) -> None:
         try:
             await message.nack(requeue=True)
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
+            if _cancelled_here(error):
+                raise
             log.info("requeue_lost", **_context(message), error=repr(error))
         finally:
             self._forget(message)
+
+
+def _cancelled_here(error: BaseException) -> bool:
+    """True for a cancellation of this very task (a stop), which must propagate. aiormq also
+    cancels the pending futures of a channel that closed under them: that CancelledError is a
+    broker failure like any other, and must not end the dispatcher or a batch."""
+    task = asyncio.current_task()
+    return isinstance(error, asyncio.CancelledError) and (task is None or task.cancelling() > 0)
 
 
 def _channel_closed(message: AbstractIncomingMessage) -> bool:

@@ -111,5 +111,29 @@ class Publisher:
         )
 
     async def _confirmed(self, *sends: Awaitable[Any]) -> None:
-        async with asyncio.timeout(self._timeout):
-            await asyncio.gather(*sends)
+        """Wait for every confirm, failing fast when a channel closes under the publishes: a
+        publish caught by a dropped connection may never be confirmed nor rejected, and the
+        commands it answers would otherwise be held for the whole publish timeout."""
+        closing = []
+        for channel in (self._events_channel, self._dead_letter_channel):
+            try:
+                closing.append((await channel.get_underlay_channel()).closing)
+            except Exception:  # closed, or between connections: let the sends report it
+                continue
+        published = asyncio.ensure_future(asyncio.gather(*sends))
+        try:
+            async with asyncio.timeout(self._timeout):
+                await asyncio.wait({published, *closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not published.done():
+                published.cancel()
+                await asyncio.gather(published, return_exceptions=True)
+        if published.cancelled():
+            if any(future.done() for future in closing):
+                raise ChannelLost("the channel closed before the broker confirmed")
+            raise TimeoutError(f"no confirm from the broker within {self._timeout}s")
+        published.result()
+
+
+class ChannelLost(ConnectionError):
+    """A channel closed while publishes on it waited for their confirms."""
