@@ -71,7 +71,7 @@ def configure_logging(
     root.setLevel(level)
     # The libraries' own INFO chatter (every reconnect attempt, every pool event) is noise here;
     # the worker logs the facts that matter itself.
-    for noisy in ("aiormq", "aio_pika", "sqlalchemy", "asyncio"):
+    for noisy in ("aiormq", "aio_pika", "sqlalchemy", "asyncio", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     return scrubber
 
