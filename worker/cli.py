@@ -1,4 +1,4 @@
-"""`coupon-worker`: run, migrate, publish, events, schema, healthcheck."""
+"""`coupon-worker`: run, migrate, publish, events, prune, schema, healthcheck."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import structlog
@@ -66,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--pattern", default="coupon.*", help="binding pattern (default coupon.*)")
     events.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
 
+    prune = commands.add_parser(
+        "prune",
+        help="delete processed-command records older than a retention window",
+        description="Delete the processed_command rows (the stored outcomes that make a "
+        "redelivered or republished command harmless) older than --older-than-days, oldest "
+        "first, in batches of --batch-size, each its own transaction; safe while workers run. "
+        "A command that arrives again after its row is gone is applied again: keep the window "
+        "longer than any command can wait in a queue or be re-sent.",
+    )
+    prune.add_argument(
+        "--older-than-days", type=_days, required=True, help="retention window, in days (>= 1)"
+    )
+    prune.add_argument(
+        "--batch-size", type=_batch, default=10_000, help="rows per transaction (default 10000)"
+    )
+
     commands.add_parser("schema", help="print the contract's JSON Schema")
 
     health = commands.add_parser("healthcheck", help="exit 0 if the worker's health file is fresh")
@@ -111,6 +128,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, scrubber: Secr
         return await follow_events(settings, args.pattern, args.limit)
     if args.command == "healthcheck":
         return _healthcheck(settings, args.max_age)
+    if args.command == "prune":
+        return await _prune(settings, args.older_than_days, args.batch_size)
     raise AssertionError(args.command)
 
 
@@ -128,6 +147,47 @@ async def _migrate(settings: Settings, revision: str) -> int:
             raise describe_startup_failure(error, settings, "database") from error
     structlog.stdlib.get_logger("worker").info(
         "schema_migrated", from_revision=before, revision=current
+    )
+    return 0
+
+
+def _days(text: str) -> float:
+    value = float(text)
+    if not 1 <= value <= 36_500:
+        raise argparse.ArgumentTypeError("must be from 1 to 36500 days")
+    return value
+
+
+def _batch(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError("must be from 1 to 1000000")
+    return value
+
+
+async def _prune(settings: Settings, older_than_days: float, batch_size: int) -> int:
+    from worker.db import schema
+    from worker.db.engine import create_session_factory
+    from worker.db.repositories import ProcessedCommandsRepository
+    from worker.errors import describe_startup_failure
+    from worker.service import database
+
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+    deleted = 0
+    async with database(settings) as engine:
+        sessions = create_session_factory(engine)
+        try:
+            await schema.ensure_current(engine)
+            while True:
+                async with sessions() as session, session.begin():
+                    batch = await ProcessedCommandsRepository(session).prune(cutoff, batch_size)
+                deleted += batch
+                if batch < batch_size:
+                    break
+        except Exception as error:
+            raise describe_startup_failure(error, settings, "database") from error
+    structlog.stdlib.get_logger("worker").info(
+        "processed_commands_pruned", deleted=deleted, processed_before=cutoff.isoformat()
     )
     return 0
 

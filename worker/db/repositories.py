@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -124,3 +125,20 @@ class ProcessedCommandsRepository:
         )
         inserted = (await self.session.scalars(statement)).all()
         return len(inserted) == len(outcomes)
+
+    async def prune(self, processed_before: datetime, limit: int) -> int:
+        """Delete up to `limit` of the oldest rows processed before `processed_before`; returns
+        how many went. A command redelivered after its row is gone is applied again."""
+        oldest = (
+            select(ProcessedCommand.message_id)
+            .where(ProcessedCommand.processed_at < processed_before)
+            .order_by(ProcessedCommand.processed_at)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        deleted = await self.session.scalars(
+            delete(ProcessedCommand)
+            .where(ProcessedCommand.message_id.in_(oldest))
+            .returning(ProcessedCommand.message_id)
+        )
+        return len(deleted.all())
