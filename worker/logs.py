@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
@@ -76,8 +77,12 @@ def configure_logging(
     return scrubber
 
 
-def bind_message(context: MutableMapping[str, Any]) -> None:
-    structlog.contextvars.bind_contextvars(**context)
+@contextmanager
+def message_context(context: Mapping[str, Any]) -> Iterator[None]:
+    """Every log line inside, the libraries' included, carries the message's identifiers
+    (`message_id`, `correlation_id`, `routing_key`); the binding ends with the block."""
+    with structlog.contextvars.bound_contextvars(**context):
+        yield
 
 
 def get_logger(name: str) -> Any:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from worker.logs import SecretScrubber, bind_message, configure_logging, get_logger
+from worker.logs import SecretScrubber, configure_logging, get_logger, message_context
 from worker.settings import LogFormat, Settings, secrets_of
 
 PASSWORD = "rabbit-s3cret-pw"
@@ -54,8 +54,8 @@ def test_json_lines_never_contain_a_password() -> None:
     stream = io.StringIO()
     configure_logging(LogFormat.JSON, "INFO", secrets(), stream=stream)
     log = get_logger("test.scrubber")
-    bind_message({"message_id": "m-1", "correlation_id": "c-1"})
-    log.info("connected", url=f"amqp://app:{PASSWORD}@mq:5672/", note=f"pw={PG_PASSWORD}")
+    with message_context({"message_id": "m-1", "correlation_id": "c-1"}):
+        log.info("connected", url=f"amqp://app:{PASSWORD}@mq:5672/", note=f"pw={PG_PASSWORD}")
     log.warning("retrying", dsn=f"postgresql+asyncpg://app:{PG_ENCODED}@db:5432/coupons")
     try:
         raise ConnectionError(f"cannot log in with {PASSWORD}")
@@ -69,6 +69,7 @@ def test_json_lines_never_contain_a_password() -> None:
     records = [json.loads(line) for line in output]  # still valid JSON after scrubbing
     assert [r["event"] for r in records][:3] == ["connected", "retrying", "broker_connection_lost"]
     assert records[0]["message_id"] == "m-1" and records[0]["correlation_id"] == "c-1"
+    assert "message_id" not in records[1], "the binding ends with the block"
     assert records[0]["url"] == "amqp://app:***@mq:5672/"
     assert "***" in records[2]["exception"][0]["exc_value"]
     text = stream.getvalue()

@@ -26,6 +26,7 @@ from contracts.validation import InvalidCommand, bounded, decode_command
 from worker.domain.errors import TransientFailure
 from worker.domain.model import Outcome
 from worker.faults import NO_FAULTS, FaultPlan, FaultPoint
+from worker.logs import message_context
 from worker.messaging.outage import OutageLog
 from worker.messaging.publisher import Publisher
 from worker.pipeline import Envelope, Pipeline
@@ -201,6 +202,13 @@ class Consumer:
             await self._apply(valid)
 
     async def _apply(self, batch: Sequence[tuple[AbstractIncomingMessage, Envelope]]) -> None:
+        if len(batch) > 1:
+            await self._apply_batch(batch)
+            return
+        with message_context(_context(batch[0][0])):
+            await self._apply_batch(batch)
+
+    async def _apply_batch(self, batch: Sequence[tuple[AbstractIncomingMessage, Envelope]]) -> None:
         attempts = 1 if len(batch) > 1 else self._settings.max_attempts
         for attempt in range(1, attempts + 1):
             try:
