@@ -40,9 +40,18 @@ def settings(services: Services, database_url: str, prefix: str) -> Settings:
     )
 
 
+async def _coupons_ready(ledger: Ledger, tag: str) -> None:
+    """Create, through a running worker, the 10 coupons (2 uses each) that the redeems behind
+    the poison use: their outcomes then do not depend on the order in which concurrent batches
+    run (the contract orders nothing across batches), only on the counts."""
+    creates = [(CreateCoupon(code=f"{tag}-{n}", init_count=2), None) for n in range(10)]
+    await ledger.wait_for(*await ledger.send_many(creates))
+
+
 def _behind(tag: str) -> list[Command]:
-    """Valid commands to send behind a poison message: 20 coupons, 3 redeems of each of 10."""
-    creates: list[Command] = [CreateCoupon(code=f"{tag}-{n}", init_count=2) for n in range(20)]
+    """Valid commands to send behind a poison message: 10 new coupons, and 3 redeems of each of
+    the 10 made ready before (2 redeemed, 1 Exhausted, whatever the order)."""
+    creates: list[Command] = [CreateCoupon(code=f"{tag}-new-{n}", init_count=2) for n in range(10)]
     redeems: list[Command] = [RedeemCoupon(code=f"{tag}-{n % 10}") for n in range(30)]
     return creates + redeems
 
@@ -59,10 +68,7 @@ def _start(start_worker: StartWorker, name: str = "worker") -> WorkerProcess:
 async def _poison_then_valid(ledger: Ledger, poison: Command, tag: str) -> str:
     """Send the poison first, then the valid commands, so the valid ones queue behind it."""
     poison_id = await ledger.send(poison, expect=Expect.DEAD_LETTER)
-    creates = _behind(tag)
-    # Creates first (confirmed), so each redeem meets an existing coupon wherever it runs.
-    await ledger.send_many((command, None) for command in creates[:20])
-    await ledger.send_many((command, None) for command in creates[20:])
+    await ledger.send_many((command, None) for command in _behind(tag))
     return poison_id
 
 
@@ -75,6 +81,7 @@ async def test_a_command_that_always_raises_is_dead_lettered_and_the_rest_flow(
     worker = _start(start_worker)
     await worker.wait_ready()
     tag = f"raise-{uuid.uuid4().hex[:6]}"
+    await _coupons_ready(ledger, tag)
     poison_id = await _poison_then_valid(ledger, RedeemCoupon(code=RAISING), tag)
     ledger.commands[poison_id].error = "ProcessingFailed"
 
@@ -103,6 +110,10 @@ async def test_a_command_that_always_crashes_the_worker_is_dead_lettered_and_the
     ledger = Ledger(broker)
     await ledger.start()
     tag = f"crash-{uuid.uuid4().hex[:6]}"
+    setup = _start(start_worker, "setup")
+    await setup.wait_ready()
+    await _coupons_ready(ledger, tag)
+    assert await setup.stop() == 0
     # Everything is queued before the first worker starts: the poison is the first command
     # any worker takes, with the valid ones right behind it in the same prefetch.
     poison_id = await _poison_then_valid(ledger, RedeemCoupon(code=CRASHING), tag)
