@@ -140,13 +140,11 @@ async def _migrate(settings: Settings, revision: str) -> int:
 
     async with database(settings) as engine:
         try:
-            before = await schema.current_revision(engine)
-            await schema.upgrade(engine, revision)
-            current = await schema.current_revision(engine)
+            migration = await schema.upgrade(engine, revision)
         except Exception as error:
             raise describe_startup_failure(error, settings, "database") from error
     structlog.stdlib.get_logger("worker").info(
-        "schema_migrated", from_revision=before, revision=current
+        "schema_migrated", from_revision=migration.before, revision=migration.after
     )
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from collections.abc import Iterator
 from typing import Final, Literal
 
 from worker.db.schema import SchemaMismatch
@@ -61,18 +62,23 @@ def describe_startup_failure(
     return error
 
 
-def _is_connection_fault(error: BaseException) -> bool:
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error, then its causes and contexts, each once."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError | TimeoutError | ConnectionError):
-            return True
-        name = type(current).__name__
-        if "Connection" in name or "CannotConnect" in name:
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
+
+
+def _is_connection_fault(error: BaseException) -> bool:
+    return any(
+        isinstance(link, OSError | TimeoutError | ConnectionError)
+        or "Connection" in type(link).__name__
+        or "CannotConnect" in type(link).__name__
+        for link in _chain(error)
+    )
 
 
 _SSL_REASON: Final = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
@@ -81,14 +87,10 @@ _SSL_REASON: Final = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
 def _tls_failure(error: BaseException) -> str | None:
     """The reason of a failed TLS handshake anywhere in the error's chain (aiormq wraps the
     `ssl.SSLError` into its own connection error, keeping only its text)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return str(current.reason or type(current).__name__)
-        found = _SSL_REASON.search(str(current))
+    for link in _chain(error):
+        if isinstance(link, ssl.SSLError):
+            return str(link.reason or type(link).__name__)
+        found = _SSL_REASON.search(str(link))
         if found:
             return found.group(1)
-        current = current.__cause__ or current.__context__
     return None

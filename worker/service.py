@@ -82,11 +82,11 @@ async def serve(settings: Settings, redact: Callable[[str], str], migrate: bool 
     async with database(settings) as engine:
         try:
             if migrate:
-                before = await schema.current_revision(engine)
-                await schema.upgrade(engine)
-                after = await schema.current_revision(engine)
-                if after != before:
-                    log.info("schema_migrated", from_revision=before, revision=after)
+                migration = await schema.upgrade(engine)
+                if migration.changed:
+                    log.info(
+                        "schema_migrated", from_revision=migration.before, revision=migration.after
+                    )
             await schema.ensure_current(engine)
         except Exception as error:
             raise describe_startup_failure(error, settings, "database") from error

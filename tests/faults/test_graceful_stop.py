@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncTransaction
 
 from contracts import CreateCoupon, RedeemCoupon
 from tests.conftest import StartWorker
@@ -36,19 +38,8 @@ async def test_sigterm_finishes_in_flight_commands_and_exits_zero(
     new (the queued creates stay queued), and exits 0 within its grace period."""
     grace = 15.0
     queued_behind = 400
-    ledger = Ledger(broker)
-    await ledger.start()
-    setup = start_worker(name="setup")
-    await setup.wait_ready()
-    await ledger.wait_for(await ledger.send(CreateCoupon(code=SHARED_CODE, init_count=1000)))
-    assert await setup.stop() == 0
-
-    async with db.connect() as blocker:
-        transaction = await blocker.begin()
-        await blocker.execute(
-            text("SELECT 1 FROM coupon WHERE code = :code FOR UPDATE"), {"code": SHARED_CODE}
-        )
-        await ledger.send_many([(RedeemCoupon(code=SHARED_CODE), None) for _ in range(IN_FLIGHT)])
+    ledger = await ledger_with_shared_coupon(broker, start_worker)
+    async with redeems_held(db, ledger) as transaction:
         await ledger.send_many(
             [(CreateCoupon(code=f"stop-{i}", init_count=2), None) for i in range(queued_behind)]
         )
@@ -104,19 +95,8 @@ async def test_sigterm_when_in_flight_commands_cannot_finish_returns_them(
     """The in-flight commands are stuck behind a row lock the test holds: the grace period
     runs out, the worker cancels them and returns them to the queue — not to the dead letters."""
     grace = 3.0
-    ledger = Ledger(broker)
-    await ledger.start()
-    setup = start_worker(name="setup")
-    await setup.wait_ready()
-    await ledger.wait_for(await ledger.send(CreateCoupon(code=SHARED_CODE, init_count=1000)))
-    assert await setup.stop() == 0
-
-    async with db.connect() as blocker:
-        transaction = await blocker.begin()
-        await blocker.execute(
-            text("SELECT 1 FROM coupon WHERE code = :code FOR UPDATE"), {"code": SHARED_CODE}
-        )
-        await ledger.send_many([(RedeemCoupon(code=SHARED_CODE), None) for _ in range(IN_FLIGHT)])
+    ledger = await ledger_with_shared_coupon(broker, start_worker)
+    async with redeems_held(db, ledger) as transaction:
         worker = start_worker(worker_prefetch=str(IN_FLIGHT), worker_grace_period=str(grace))
         await worker.wait_ready()
         await worker_holds(broker)
@@ -159,3 +139,27 @@ async def worker_holds(broker: Broker, left: int = 0, within: float = 30.0) -> N
     while (ready := await broker.depth(broker.topology.worker_queue)) > left:
         assert loop.time() < deadline, f"{ready} commands still queued after {within}s"
         await asyncio.sleep(0.1)
+
+
+async def ledger_with_shared_coupon(broker: Broker, start_worker: StartWorker) -> Ledger:
+    """A started ledger, and SHARED_CODE created through a worker that is stopped again."""
+    ledger = Ledger(broker)
+    await ledger.start()
+    setup = start_worker(name="setup")
+    await setup.wait_ready()
+    await ledger.wait_for(await ledger.send(CreateCoupon(code=SHARED_CODE, init_count=1000)))
+    assert await setup.stop() == 0
+    return ledger
+
+
+@asynccontextmanager
+async def redeems_held(db: AsyncEngine, ledger: Ledger) -> AsyncIterator[AsyncTransaction]:
+    """IN_FLIGHT redeems of SHARED_CODE queued while the test holds the coupon's row lock; the
+    yielded transaction releases it when rolled back (at the latest when the block ends)."""
+    async with db.connect() as blocker:
+        transaction = await blocker.begin()
+        await blocker.execute(
+            text("SELECT 1 FROM coupon WHERE code = :code FOR UPDATE"), {"code": SHARED_CODE}
+        )
+        await ledger.send_many([(RedeemCoupon(code=SHARED_CODE), None) for _ in range(IN_FLIGHT)])
+        yield transaction

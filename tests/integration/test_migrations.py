@@ -76,7 +76,9 @@ async def test_upgrade_from_empty_downgrade_to_base_and_upgrade_again(
     assert await rows(empty_engine, TABLES) == []
     assert await schema.current_revision(empty_engine) is None
 
-    await schema.upgrade(empty_engine)
+    migration = await schema.upgrade(empty_engine)
+    assert migration == schema.Migration(before=None, after=schema.head_revision())
+    assert migration.changed
     assert await schema.current_revision(empty_engine) == schema.head_revision()
     await schema.ensure_current(empty_engine)
     assert [t for (t,) in await rows(empty_engine, TABLES)] == [
@@ -114,7 +116,10 @@ async def test_upgrade_from_empty_downgrade_to_base_and_upgrade_again(
     assert columns[("processed_command", "processed_at")] == ("timestamp with time zone", "NO")
     assert await model_differences(empty_engine) == []
 
-    await schema.downgrade(empty_engine, "base")
+    assert not (await schema.upgrade(empty_engine)).changed  # already at head
+    assert await schema.downgrade(empty_engine, "base") == schema.Migration(
+        before=schema.head_revision(), after=None
+    )
     assert [t for (t,) in await rows(empty_engine, TABLES)] == ["alembic_version"]
     assert [table for _, _, table, _ in await rows(empty_engine, CONSTRAINTS)] == [
         "alembic_version"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -67,24 +68,43 @@ async def ensure_current(engine: AsyncEngine) -> None:
     )
 
 
-async def _run_locked(engine: AsyncEngine, action: str, revision: str) -> None:
+@dataclass(frozen=True)
+class Migration:
+    """The schema's revision before and after an alembic command."""
+
+    before: str | None
+    after: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+async def _run_locked(engine: AsyncEngine, action: str, revision: str) -> Migration:
     """Run an alembic command on one connection that holds a transaction-level advisory lock,
-    so that replicas started together cannot race each other's DDL."""
+    so that replicas started together cannot race each other's DDL; the revisions before and
+    after are read under the same lock."""
     config = alembic_config()
 
-    def run(connection: Connection) -> None:
+    def run(connection: Connection) -> Migration:
+        def read() -> str | None:
+            return MigrationContext.configure(connection).get_current_revision()
+
+        before = read()
         config.attributes["connection"] = connection
         getattr(command, action)(config, revision)
+        return Migration(before, read())
 
     async with engine.connect() as connection:
         await connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
-        await connection.run_sync(run)
+        migration = await connection.run_sync(run)
         await connection.commit()
+    return migration
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    await _run_locked(engine, "upgrade", revision)
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> Migration:
+    return await _run_locked(engine, "upgrade", revision)
 
 
-async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    await _run_locked(engine, "downgrade", revision)
+async def downgrade(engine: AsyncEngine, revision: str) -> Migration:
+    return await _run_locked(engine, "downgrade", revision)

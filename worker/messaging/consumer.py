@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -33,6 +33,8 @@ from worker.pipeline import Envelope, Pipeline
 from worker.settings import Settings
 
 log = structlog.stdlib.get_logger("worker.consumer")
+
+T = TypeVar("T")
 
 PROCESSING_FAILED = "ProcessingFailed"
 SETTLE_PAUSE = 0.5  # at most, between the last ack of a stop and closing the channel
@@ -83,14 +85,12 @@ class Consumer:
         to consumers created after it is set), then cancel the one-at-a-time consumer."""
         careful_tag = self._consumer_tag
         try:
-            await self._channel.set_qos(prefetch_count=self._settings.prefetch)
-            self._consumer_tag = await self._queue.consume(self._receive)
+            await _broker(self._channel.set_qos(prefetch_count=self._settings.prefetch))
+            self._consumer_tag = await _broker(self._queue.consume(self._receive))
             self._careful = False
             if careful_tag is not None:
-                await self._queue.cancel(careful_tag)
-        except (Exception, asyncio.CancelledError) as error:
-            if _cancelled_here(error):
-                raise
+                await _broker(self._queue.cancel(careful_tag))
+        except Exception as error:
             # The channel may be gone; the next fresh command retries.
             log.warning("prefetch_open_failed", error=repr(error))
 
@@ -106,7 +106,8 @@ class Consumer:
         if self._consumer_tag is not None:
             try:
                 cancel_within = min(5.0, max(deadline - loop.time(), 0.1))
-                await asyncio.wait_for(self._queue.cancel(self._consumer_tag), cancel_within)
+                cancel = self._queue.cancel(self._consumer_tag)
+                await _broker(asyncio.wait_for(cancel, cancel_within))
             except Exception as error:  # the channel may be gone; nothing is delivered then
                 log.warning("consumer_cancel_failed", error=repr(error))
         try:
@@ -143,10 +144,8 @@ class Consumer:
         answered from its stored outcome), but a clean stop should not cause redeliveries."""
         await asyncio.sleep(pause)
         try:
-            await asyncio.wait_for(self._channel.close(), 5)
-        except (Exception, asyncio.CancelledError) as error:
-            if _cancelled_here(error):
-                raise
+            await _broker(asyncio.wait_for(self._channel.close(), 5))
+        except Exception as error:
             log.warning("channel_close_failed", error=repr(error))
 
     async def wait_failed(self) -> None:
@@ -284,15 +283,12 @@ class Consumer:
     ) -> None:
         messages = [message for message, _ in batch]
         try:
-            await asyncio.gather(
-                *(
-                    self._publisher.publish_outcome(o, m)
-                    for m, o in zip(messages, outcomes, strict=True)
-                )
+            publishes = (
+                self._publisher.publish_outcome(o, m)
+                for m, o in zip(messages, outcomes, strict=True)
             )
-        except (Exception, asyncio.CancelledError) as error:
-            if _cancelled_here(error):
-                raise
+            await _broker(asyncio.gather(*publishes))
+        except Exception as error:
             # Committed but not confirmed: return the commands; their redelivery is answered
             # from the stored outcomes, with the same event message ids.
             log.warning("publish_failed", count=len(messages), error=repr(error))
@@ -308,10 +304,8 @@ class Consumer:
         self, message: AbstractIncomingMessage, error: str, detail: str, reply_error: str
     ) -> None:
         try:
-            await self._publisher.dead_letter(message, error, detail, reply_error)
-        except (Exception, asyncio.CancelledError) as failure:
-            if _cancelled_here(failure):
-                raise
+            await _broker(self._publisher.dead_letter(message, error, detail, reply_error))
+        except Exception as failure:
             log.error("dead_letter_failed", **_context(message), error=repr(failure))
             await asyncio.sleep(1)  # do not spin on a broker that refuses dead letters
             await self._requeue(message)
@@ -328,10 +322,8 @@ class Consumer:
 
     async def _ack(self, message: AbstractIncomingMessage) -> None:
         try:
-            await message.ack()
-        except (Exception, asyncio.CancelledError) as error:
-            if _cancelled_here(error):
-                raise
+            await _broker(message.ack())
+        except Exception as error:
             # Channel gone: the broker redelivers; dedupe answers it.
             log.info("ack_lost", **_context(message), error=repr(error))
         finally:
@@ -339,21 +331,25 @@ class Consumer:
 
     async def _requeue(self, message: AbstractIncomingMessage) -> None:
         try:
-            await message.nack(requeue=True)
-        except (Exception, asyncio.CancelledError) as error:
-            if _cancelled_here(error):
-                raise
+            await _broker(message.nack(requeue=True))
+        except Exception as error:
             log.info("requeue_lost", **_context(message), error=repr(error))
         finally:
             self._forget(message)
 
 
-def _cancelled_here(error: BaseException) -> bool:
-    """True for a cancellation of this very task (a stop), which must propagate. aiormq also
-    cancels the pending futures of a channel that closed under them: that CancelledError is a
-    broker failure like any other, and must not end the dispatcher or a batch."""
-    task = asyncio.current_task()
-    return isinstance(error, asyncio.CancelledError) and (task is None or task.cancelling() > 0)
+async def _broker(call: Awaitable[T]) -> T:
+    """Await a call to the broker, turning a CancelledError that does not cancel this task into
+    a ConnectionError. aiormq cancels the pending futures of a channel that closed under them:
+    that is a broker failure like any other, handled where broker failures are, and must not
+    end the dispatcher or a batch. A cancellation of the task itself (a stop) propagates."""
+    try:
+        return await call
+    except asyncio.CancelledError as error:
+        task = asyncio.current_task()
+        if task is None or task.cancelling() > 0:
+            raise
+        raise ConnectionError("the channel closed under a call to the broker") from error
 
 
 def _channel_closed(message: AbstractIncomingMessage) -> bool:

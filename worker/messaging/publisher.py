@@ -4,7 +4,7 @@ replies to invalid commands. Every publish waits for the broker's confirm."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from aio_pika import DeliveryMode, Message
@@ -60,7 +60,7 @@ class Publisher:
             sends.append(self._events.publish(message, outcome.routing_key, mandatory=False))
         if command.reply_to:
             sends.append(self._reply(message, command.reply_to))
-        await self._confirmed(*sends)
+        await self._confirmed([self._events_channel], *sends)
 
     async def dead_letter(
         self, command: AbstractIncomingMessage, error: str, detail: str, reply_error: str
@@ -101,7 +101,7 @@ class Publisher:
                 headers={names.ERROR_HEADER: error},
             )
             sends.append(self._reply(reply, command.reply_to))
-        await self._confirmed(*sends)
+        await self._confirmed([self._dead_letter_channel, self._events_channel], *sends)
 
     async def _reply(self, message: Message, reply_to: str) -> Any:
         # Best effort: a requester that went away (or a direct reply-to consumer that is gone)
@@ -110,12 +110,13 @@ class Publisher:
             message, reply_to, mandatory=False
         )
 
-    async def _confirmed(self, *sends: Awaitable[Any]) -> None:
-        """Wait for every confirm, failing fast when a channel closes under the publishes: a
-        publish caught by a dropped connection may never be confirmed nor rejected, and the
-        commands it answers would otherwise be held for the whole publish timeout."""
+    async def _confirmed(self, channels: Sequence[AbstractChannel], *sends: Awaitable[Any]) -> None:
+        """Wait for every confirm, failing fast when one of the `channels` the sends use closes
+        under them: a publish caught by a dropped connection may never be confirmed nor
+        rejected, and the commands it answers would otherwise be held for the whole publish
+        timeout."""
         closing = []
-        for channel in (self._events_channel, self._dead_letter_channel):
+        for channel in channels:
             try:
                 closing.append((await channel.get_underlay_channel()).closing)
             except Exception:  # closed, or between connections: let the sends report it
