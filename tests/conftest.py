@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -26,6 +28,24 @@ from worker.db import schema
 from worker.settings import Settings
 
 StartWorker = Callable[..., WorkerProcess]
+
+SERVICE_LOCK = os.environ.get("COUPON_SERVICE_LOCK", "/tmp/coupon-services.lock")
+
+
+@pytest.fixture(autouse=True)
+def service_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test holds the machine's service lock: shared for ordinary tests, exclusive for
+    those marked `disruptive` (they stop or restart RabbitMQ or PostgreSQL). Two test runs on
+    one machine (`make test` twice, or a run beside a benchmark that takes the lock) then never
+    see a service go down under an ordinary test: an outage waits until no other test is
+    running, and ordinary tests wait until the outage is over."""
+    exclusive = request.node.get_closest_marker("disruptive") is not None
+    with open(SERVICE_LOCK, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ from worker.settings import Settings
 
 pytestmark = [
     pytest.mark.faults,
+    pytest.mark.disruptive,
     pytest.mark.timeout(240),
     # aiormq leaves the socket writer of a connection the broker closed to the garbage
     # collector (the test's client, not the worker): not a finding of this test.

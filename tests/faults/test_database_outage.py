@@ -72,6 +72,7 @@ def outage_commands(count: int) -> Command:
     return RedeemCoupon(code=SHARED_CODE)
 
 
+@pytest.mark.disruptive
 async def test_database_outage_holds_commands_and_catches_up(
     broker: Broker,
     start_worker: StartWorker,

@@ -9,7 +9,8 @@ services, so a service must never be left down: besides the `finally`, `restore_
 the disruptive test modules call from a fixture's teardown, and which runs `atexit`) restarts
 anything a cancelled or timed-out test left stopped.
 
-Callers must hold the exclusive service lock: `flock -x /tmp/coupon-services.lock pytest ...`.
+Callers are marked `disruptive`: `tests/conftest.py` then holds the machine's service lock
+exclusively for them, so no other test (of this run or of another on this machine) is running.
 """
 
 from __future__ import annotations
