@@ -61,13 +61,13 @@ async def run(config: BenchConfig, progress: Progress, logs: Path) -> dict[str, 
     connection = await aio_pika.connect(config.amqp_url)
     try:
         description = await machine.describe(connection, config.admin_database_url)
-        progress.say(
-            f"coupon-worker benchmark: {len(config.workloads)} workloads x {config.commands:,} "
-            f"commands; load average {description['load_average_at_start']}"
-        )
-        figures = await run_all(Context(config, connection, progress, logs))
     finally:
         await connection.close()
+    progress.say(
+        f"coupon-worker benchmark: {len(config.workloads)} workloads x {config.commands:,} "
+        f"commands; load average {description['load_average_at_start']}"
+    )
+    figures = await run_all(Context(config, progress, logs))
     return {
         "format": FORMAT,
         "status": "passed",

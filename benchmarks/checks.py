@@ -28,6 +28,11 @@ class Verdict:
         shown = ", ".join(str(example) for example in list(examples)[:SHOWN])
         self.problems.append(f"{what}: {shown}" if shown else what)
 
+    def report(self, found: Sequence[object], what: str) -> None:
+        """A problem if anything was `found`: how many, what, and the first few."""
+        if found:
+            self.fail(f"{len(found)} {what}", found)
+
     def describe(self) -> dict[str, Any]:
         return {"passed": self.passed, **self.figures, "problems": self.problems}
 
@@ -60,16 +65,12 @@ def check_outcomes(plan: Plan, arrivals: Sequence[Arrival], verdict: Verdict) ->
         commands=len(plan), outcomes=len(arrivals), lost=len(lost), doubled=len(doubled)
     )
     verdict.figures["copies"] = copies
-    if unknown:
-        verdict.fail(f"{len(unknown)} outcomes for commands never sent", unknown)
-    if lost:
-        verdict.fail(f"{len(lost)} commands LOST (no outcome)", lost)
-    if doubled:
-        verdict.fail(f"{len(doubled)} commands DOUBLED (several distinct outcomes)", doubled)
+    verdict.report(unknown, "outcomes for commands never sent")
+    verdict.report(lost, "commands LOST (no outcome)")
+    verdict.report(doubled, "commands DOUBLED (several distinct outcomes)")
+    verdict.report(wrong, "commands with an unexpected outcome")
     if copies:
         verdict.fail(f"{copies} outcomes published more than once")
-    if wrong:
-        verdict.fail(f"{len(wrong)} commands with an unexpected outcome", wrong)
 
 
 def check_database(plan: Plan, state: DatabaseState, verdict: Verdict) -> None:
@@ -103,18 +104,11 @@ def check_database(plan: Plan, state: DatabaseState, verdict: Verdict) -> None:
         processed_rows=len(state.processed),
         writes_sent=len(plan.writes),
     )
-    if drift:
-        verdict.fail(f"{len(drift)} coupons whose counts do not match the commands sent", drift)
-    if strangers:
-        verdict.fail(f"{len(strangers)} coupons nobody created", strangers)
-    if repeated:
-        verdict.fail(f"{len(repeated)} commands recorded twice", repeated)
-    if unrecorded:
-        verdict.fail(
-            f"{len(unrecorded)} applied commands without a processed_command row", unrecorded
-        )
-    if foreign:
-        verdict.fail(f"{len(foreign)} processed_command rows for no command sent", foreign)
+    verdict.report(drift, "coupons whose counts do not match the commands sent")
+    verdict.report(strangers, "coupons nobody created")
+    verdict.report(repeated, "commands recorded twice")
+    verdict.report(unrecorded, "applied commands without a processed_command row")
+    verdict.report(foreign, "processed_command rows for no command sent")
 
 
 def check_queues(plan: Plan, left: int, dead_letters: int, verdict: Verdict) -> None:

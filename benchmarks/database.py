@@ -1,9 +1,9 @@
-"""A database of the run's own: created empty, migrated by `coupon-worker migrate` as a user
-would, preseeded, read back for the exactly-once checks, dropped at the end.
+"""A run's database, migrated by `coupon-worker migrate` as a user would, preseeded, and read
+back for the exactly-once checks (tests/support/database.py creates and drops it).
 
 The SQL here names the schema's tables and columns (alembic's, not the worker's Python
 classes), so the benchmark keeps working while the worker's modules move; values are always
-bound parameters. Database names are generated from hex digits only.
+bound parameters.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import make_url, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-NAME_PREFIX = "coupon_bench_"
 PRESEED_CHUNK = 5_000
 
 
@@ -43,30 +42,6 @@ def coupon_worker_command() -> list[str]:
     """The `coupon-worker` console script of this environment (what a user runs)."""
     script = Path(sys.executable).with_name("coupon-worker")
     return [str(script)] if script.exists() else [sys.executable, "-m", "worker"]
-
-
-async def create_database(admin_url: str) -> str:
-    name = f"{NAME_PREFIX}{uuid.uuid4().hex[:12]}"
-    engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            # An identifier cannot be a bound parameter; `name` is hex digits after a constant.
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await engine.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-async def drop_database(admin_url: str, url: str) -> None:
-    name = make_url(url).database or ""
-    if not name.startswith(NAME_PREFIX) or not name[len(NAME_PREFIX) :].isalnum():
-        raise ValueError(f"not a benchmark database: {name!r}")
-    engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await engine.dispose()
 
 
 async def migrate(database_url: str, amqp_url: str) -> None:

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aio_pika.abc import AbstractConnection
-
 from benchmarks import checks, database, timing
 from benchmarks.config import BenchConfig
 from benchmarks.database import BenchmarkFailed
@@ -29,7 +27,6 @@ QUIET_AFTER = 0.5  # seconds to wait after the last outcome, so that a late copy
 @dataclass(frozen=True, slots=True)
 class Context:
     config: BenchConfig
-    connection: AbstractConnection
     progress: Progress
     logs: Path
 
@@ -40,7 +37,7 @@ async def measure(
     """Preloaded (`rate` None: the queue is full before the target starts) or paced."""
     config = context.config
     label = f"{target} {workload}" + (f" at {rate:.0f}/s" if rate else "")
-    stage = Stage(context.connection, config.amqp_url, config.admin_database_url)
+    stage = Stage(config.amqp_url, config.admin_database_url)
     verdict = checks.Verdict()
     try:
         await stage.open(with_database=target == "worker")
@@ -68,8 +65,8 @@ async def measure(
             result["peak_rss_bytes"] = process.peak_rss
             result["worker_reported"] = _ready_record(process.log)
         checks.check_outcomes(plan, arrivals, verdict)
-        left = await stage.depth(stage.topology.worker_queue)
-        dead = await stage.depth(stage.topology.dead_queue)
+        left = await stage.broker.depth(stage.topology.worker_queue)
+        dead = await stage.broker.depth(stage.topology.dead_queue)
         checks.check_queues(plan, left, dead, verdict)
         if stage.engine is not None:
             checks.check_database(plan, await database.read_state(stage.engine), verdict)
@@ -126,10 +123,9 @@ async def _drive(
         sent: dict[str, float] = {}
         achieved = 0.0
         if rate is not None:
-            channel = await stage.connection.channel(publisher_confirms=True)
+            channel = stage.broker.ch
             exchange = await channel.get_exchange(stage.topology.commands_exchange, ensure=False)
             sent, achieved = await timing.publish_paced(exchange, plan.messages, rate)
-            await channel.close()
         # Generous: a loaded machine and a slow build still finish; 60 s of silence is a stall.
         await observer.wait_answered(len(plan), within=300 + len(plan) / 20, idle=60)
         await asyncio.sleep(QUIET_AFTER)

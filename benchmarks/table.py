@@ -16,7 +16,9 @@ MIB = 1024 * 1024
 TIMES = "\N{MULTIPLICATION SIGN}"
 
 
-def render(result: dict[str, Any]) -> str:
+def render(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    """The tables; with `before` (a result file of the previous worker), its throughput and
+    ratios stand beside this run's."""
     machine, settings = result["machine"], result["settings"]
     libraries = machine["libraries"]
     knobs = ", ".join(f"{k} {v}" for k, v in settings["worker_knobs_effective"].items())
@@ -29,13 +31,25 @@ def render(result: dict[str, Any]) -> str:
         f"{libraries['sqlalchemy']}, RabbitMQ {machine['rabbitmq']}, PostgreSQL "
         f"{machine['postgresql']}; worker {knobs}.",
         "",
-        "| workload | commands | broker-only ceiling | coupon-worker | ratio |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| workload | commands | broker-only ceiling | "
+        + ("before: ceiling | before: coupon-worker | " if before else "")
+        + "coupon-worker | ratio to ceiling |",
+        "| --- | ---: | ---: | " + ("---: | ---: | " if before else "") + "---: | ---: |",
     ]
     for workload, row in result["throughput"].items():
+        earlier = ""
+        if before is not None and workload in before["throughput"]:
+            old = before["throughput"][workload]
+            earlier = (
+                f"{old['ceiling']['commands_per_second']:,.0f}/s | "
+                f"{old['worker']['commands_per_second']:,.0f}/s "
+                f"({old['ratio_to_ceiling']:.2f}{TIMES}) | "
+            )
+        elif before is not None:
+            earlier = "- | - | "
         lines.append(
             f"| {workload} | {row['commands']:,} | {row['ceiling']['commands_per_second']:,.0f}/s "
-            f"| **{row['worker']['commands_per_second']:,.0f}/s** | "
+            f"| {earlier}**{row['worker']['commands_per_second']:,.0f}/s** | "
             f"**{row['ratio_to_ceiling']:.2f}{TIMES}** |"
         )
     lines += [
@@ -59,6 +73,13 @@ def render(result: dict[str, Any]) -> str:
         f"MiB over {memory['long']['commands']:,} ({memory['ratio']:.2f}{TIMES}: "
         f"{'grows' if memory['grows_with_count'] else 'flat'}).",
     ]
+    if settings["quick"]:
+        lines.insert(0, "**--quick run: smoke-test counts, not figures to publish.**\n")
+    if before is not None:
+        lines.append(
+            f"\nBefore: `benchmarks/results/{before['file']}` ({before['started_at']}, worker "
+            f"revision {str(before['machine']['revision']['commit'])[:10]})."
+        )
     return "\n".join(lines)
 
 
@@ -75,14 +96,21 @@ def _latency(run: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.table", description=__doc__)
     parser.add_argument("result", nargs="?", type=Path, default=RESULTS_DIR / "latest.json")
+    parser.add_argument("--before", type=Path, help="a result file of the previous worker")
     args = parser.parse_args(argv)
+    result = load(args.result)
+    before = load(args.before) if args.before else None
+    print(render(result, before))  # noqa: T201
+
+
+def load(path: Path) -> dict[str, Any]:
     try:
-        result = json.loads(args.result.read_text())
+        result = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        sys.exit(f"cannot read {args.result}: {error}")
-    if result.get("status") != "passed":
-        sys.exit(f"{args.result} is not the result of a passed run")
-    print(render(result))  # noqa: T201
+        sys.exit(f"cannot read {path}: {error}")
+    if not isinstance(result, dict) or result.get("status") != "passed":
+        sys.exit(f"{path} is not the result file of a passed benchmark run")
+    return result
 
 
 if __name__ == "__main__":
