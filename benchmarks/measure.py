@@ -51,7 +51,7 @@ async def measure(
         process = _process(context, target, stage, label)
         async with _running(stage, process):
             with context.progress.phase(label, len(plan)) as phase:
-                sent, achieved = await _drive(stage, plan, rate, phase)
+                sent, achieved = await _drive(stage, plan, rate, phase, process)
         assert stage.observer is not None
         arrivals = stage.observer.arrivals
         result: dict[str, Any] = {"target": target, "workload": workload, "commands": len(plan)}
@@ -108,13 +108,18 @@ async def _running(stage: Stage, process: TargetProcess) -> AsyncIterator[None]:
         await process.wait_ready()
         await stage.expect_consumers(1, f"{process.kind} ready")
         yield
+        if not process.running():
+            raise BenchmarkFailed(
+                f"the {process.kind} exited ({process.returncode}) during the measurement "
+                f"(signalled by another process, or it crashed):\n{process.tail()}"
+            )
         await stage.expect_consumers(1, "measurement done")
     finally:
         await process.stop()
 
 
 async def _drive(
-    stage: Stage, plan: Plan, rate: float | None, phase: Phase
+    stage: Stage, plan: Plan, rate: float | None, phase: Phase, process: TargetProcess
 ) -> tuple[dict[str, float], float]:
     observer = stage.observer
     assert observer is not None
@@ -127,7 +132,9 @@ async def _drive(
             exchange = await channel.get_exchange(stage.topology.commands_exchange, ensure=False)
             sent, achieved = await timing.publish_paced(exchange, plan.messages, rate)
         # Generous: a loaded machine and a slow build still finish; 60 s of silence is a stall.
-        await observer.wait_answered(len(plan), within=300 + len(plan) / 20, idle=60)
+        await observer.wait_answered(
+            len(plan), within=300 + len(plan) / 20, idle=60, alive=process.running
+        )
         await asyncio.sleep(QUIET_AFTER)
         phase.update_to(observer.answered)
         return sent, achieved

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -78,18 +79,23 @@ class Observer:
         self._command_ids.add(command_id)
         self._new.set()
 
-    async def wait_answered(self, count: int, within: float, idle: float) -> bool:
-        """Wait until `count` commands have an outcome; give up after `within` seconds, or
-        after `idle` seconds without any new outcome. True if all arrived."""
+    async def wait_answered(
+        self, count: int, within: float, idle: float, alive: Callable[[], bool]
+    ) -> bool:
+        """Wait until `count` commands have an outcome; give up after `within` seconds, after
+        `idle` seconds without any new outcome, or as soon as the target is not `alive`.
+        True if all arrived."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
+        last_news = loop.time()
         while self.answered < count:
+            now = loop.time()
+            if now > deadline or now - last_news > idle or not alive():
+                return False
             self._new.clear()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
             try:
-                await asyncio.wait_for(self._new.wait(), min(idle, remaining))
+                await asyncio.wait_for(self._new.wait(), 1.0)
+                last_news = loop.time()
             except TimeoutError:
-                return False
+                pass
         return True

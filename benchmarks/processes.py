@@ -67,6 +67,10 @@ class TargetProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
     def tail(self, characters: int = 3000) -> str:
         try:
             return self.log.read_text(errors="replace")[-characters:]
