@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         progress.say(f"\nBENCHMARK FAILED: {error}\n(process logs kept in {logs})")
         sys.exit(1)
     except (OSError, AMQPConnectionError) as error:
+        shutil.rmtree(logs, ignore_errors=True)
         progress.say(
             f"benchmark: cannot reach RabbitMQ or PostgreSQL ({type(error).__name__}: {error}); "
             "start them (make services) or set AMQP_URL and DATABASE_URL"
