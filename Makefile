@@ -6,7 +6,7 @@ export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: setup services run test test-fast lint bench
+.PHONY: setup services run test test-fast lint bench bench-quick bench-table
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet uv
@@ -32,5 +32,19 @@ lint: setup
 	$(UV) run ruff format --check .
 	$(UV) run mypy
 
+# The worker against a broker-only ceiling (README "Performance"): BENCH_ARGS="--commands 5000",
+# worker knobs as flags or WORKER_* variables; results in benchmarks/results/.
+BENCH_ARGS ?=
 bench: setup services
-	$(UV) run python -m benchmarks
+	$(UV) run python -m benchmarks $(BENCH_ARGS)
+
+# The same, end to end with small counts (a smoke test, not figures).
+bench-quick: setup services
+	$(UV) run python -m benchmarks --quick $(BENCH_ARGS)
+
+# The README "Performance" tables from a result file (BENCH_RESULT, default latest.json;
+# BENCH_BEFORE, a result file of the previous worker, adds its column).
+BENCH_RESULT ?= benchmarks/results/latest.json
+BENCH_BEFORE ?=
+bench-table: setup
+	$(UV) run python -m benchmarks.table $(BENCH_RESULT) $(if $(BENCH_BEFORE),--before $(BENCH_BEFORE))

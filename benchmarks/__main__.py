@@ -1,123 +1,125 @@
-"""`uv run python -m benchmarks` (or `make bench`): throughput and latency of the real worker.
+"""`make bench` (= `uv run python -m benchmarks`): the worker as a user runs it, against a
+broker-only ceiling, on the local RabbitMQ and PostgreSQL. See README "Performance".
 
-Starts worker processes (`python -m worker run`) against the local RabbitMQ and PostgreSQL
-(`AMQP_URL`, `DATABASE_URL`, defaulting to the Makefile's), in a database and under a broker
-name prefix of its own, and prints a table; the same figures go to benchmarks/results/latest.json.
+Writes benchmarks/results/<UTC timestamp>.json and benchmarks/results/latest.json, prints the
+README tables. Exit 1 if the worker lost or doubled a command (or the run cannot be trusted),
+2 on bad arguments or unreachable services.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
-import platform
+import shlex
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 from aiormq.exceptions import AMQPConnectionError
 
-from benchmarks.harness import Bench, BenchmarkError
-from benchmarks.throughput import VARIANTS, Trial, measure_latency, render, run_trial, summarise
+from benchmarks import machine
+from benchmarks.config import BenchConfig, build_parser, config_from
+from benchmarks.database import BenchmarkFailed
+from benchmarks.measure import Context
+from benchmarks.progress import Progress
+from benchmarks.runner import run_all
+from benchmarks.table import render
 
-RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument(
-        "--commands", type=int, default=1200, help="commands per throughput trial (default 1200)"
-    )
-    parser.add_argument(
-        "--repetitions", type=int, default=4, help="trials of each variant (default 4)"
-    )
-    parser.add_argument(
-        "--latency-requests",
-        type=int,
-        default=200,
-        help="request/reply round trips to time, one at a time (default 200; 0 skips)",
-    )
-    parser.add_argument(
-        "--creates", type=float, default=0.2, help="share of creates in the workload (0.2)"
-    )
-    parser.add_argument(
-        "--log-level", default="INFO", help="the workers' WORKER_LOG_LEVEL (default INFO)"
-    )
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file ({RESULTS})")
-    return parser
+FORMAT = 1
+SERVICE_LOCK = os.environ.get("COUPON_SERVICE_LOCK", "/tmp/coupon-services.lock")
 
 
-def say(text: str) -> None:
-    print(text, flush=True)  # noqa: T201 - the benchmark's own output
+@contextlib.contextmanager
+def services_held(progress: Progress) -> Iterator[None]:
+    """The machine's service lock, shared, for the whole run: the tests that stop RabbitMQ or
+    PostgreSQL (marked `disruptive`) take it exclusively, so they wait until the benchmark is
+    done, and the benchmark waits for an outage in progress to end."""
+    with open(SERVICE_LOCK, "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress.say(f"waiting for {SERVICE_LOCK}: a test is stopping a service")
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    bench = Bench(
-        os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
-        os.environ.get("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"),
-        args.log_level,
-    )
+async def run(config: BenchConfig, progress: Progress, logs: Path) -> dict[str, Any]:
+    started_at = datetime.now(UTC)
     started = time.monotonic()
-    load_before = os.getloadavg()
-    trials: list[Trial] = []
-    latencies: list[float] = []
+    connection = await aio_pika.connect(config.amqp_url)
     try:
-        await bench.open()
-        for repetition in range(args.repetitions):
-            # Rotate the order every repetition, so that no variant always runs first.
-            shift = repetition % len(VARIANTS)
-            for variant in (*VARIANTS[shift:], *VARIANTS[:shift]):
-                trial = await run_trial(bench, variant, repetition, args.commands, args.creates)
-                trials.append(trial)
-                say(
-                    f"  repetition {repetition + 1}/{args.repetitions} {variant.name:<10} "
-                    f"{trial.throughput:7.0f} commands/s ({trial.measured} in {trial.seconds:.2f}s)"
-                )
-        if args.latency_requests:
-            latencies = await measure_latency(bench, args.latency_requests)
+        description = await machine.describe(connection, config.admin_database_url)
     finally:
-        await bench.close()
-    summary = summarise(trials, latencies)
-    summary["run"] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, shared with other test runs",
-        "python": platform.python_version(),
-        "commands_per_trial": args.commands,
-        "repetitions": args.repetitions,
-        "creates_share": args.creates,
-        "worker_log_level": args.log_level,
-        "load_average_before": [round(value, 2) for value in load_before],
-        "load_average_after": [round(value, 2) for value in os.getloadavg()],
+        await connection.close()
+    progress.say(
+        f"coupon-worker benchmark: {len(config.workloads)} workloads x {config.commands:,} "
+        f"commands; load average {description['load_average_at_start']}"
+    )
+    figures = await run_all(Context(config, progress, logs))
+    return {
+        "format": FORMAT,
+        "status": "passed",
+        "started_at": started_at.isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - started, 1),
+        "command": "python -m benchmarks " + shlex.join(sys.argv[1:]),
+        "machine": description,
+        "settings": config.describe(),
+        **figures,
     }
-    return summary
+
+
+def write(result: dict[str, Any], directory: Path) -> Path:
+    stamp = datetime.fromisoformat(result["started_at"]).strftime("%Y%m%dT%H%M%SZ")
+    path = directory / f"{stamp}.json"
+    result["file"] = path.name
+    text = json.dumps(result, indent=2) + "\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    (directory / "latest.json").write_text(text)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.commands < 100 or args.repetitions < 1 or args.latency_requests < 0:
-        sys.exit("--commands must be at least 100, --repetitions at least 1")
-    say(
-        f"coupon-worker benchmark: {len(VARIANTS)} variants x {args.repetitions} repetitions "
-        f"of {args.commands} commands, interleaved"
-    )
     try:
-        summary = asyncio.run(run(args))
-    except BenchmarkError as error:
-        sys.exit(f"benchmark aborted: {error}")
+        config = config_from(args)
+    except ValueError as error:
+        print(f"benchmark: {error}", file=sys.stderr)  # noqa: T201
+        sys.exit(2)
+    progress = Progress()
+    logs = Path(tempfile.mkdtemp(prefix="coupon-bench-"))
+    try:
+        with services_held(progress):
+            result = asyncio.run(run(config, progress, logs))
+    except BenchmarkFailed as error:
+        progress.say(f"\nBENCHMARK FAILED: {error}\n(process logs kept in {logs})")
+        sys.exit(1)
     except (OSError, AMQPConnectionError) as error:
-        sys.exit(
-            f"benchmark aborted: cannot reach RabbitMQ or PostgreSQL ({type(error).__name__}: "
-            f"{error}); start them (scripts/ensure-services) or set AMQP_URL and DATABASE_URL"
+        shutil.rmtree(logs, ignore_errors=True)
+        progress.say(
+            f"benchmark: cannot reach RabbitMQ or PostgreSQL ({type(error).__name__}: {error}); "
+            "start them (make services) or set AMQP_URL and DATABASE_URL"
         )
-    say("")
-    say(render(summary))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(summary, indent=2) + "\n")
-    say(f"\n{summary['run']['seconds']:.0f}s; results written to {args.output}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        progress.say(f"\ninterrupted (process logs kept in {logs})")
+        sys.exit(130)
+    shutil.rmtree(logs, ignore_errors=True)
+    path = write(result, config.output_dir)
+    print(render(result))  # noqa: T201 - the benchmark's own output
+    progress.say(f"\n{result['seconds']:.0f}s; results in {path} and latest.json")
 
 
 if __name__ == "__main__":

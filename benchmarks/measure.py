@@ -1,0 +1,160 @@
+"""One measured run: a fresh stage, a plan, the target process (worker or ceiling), every
+outcome observed, the process stopped, and the exactly-once checks. A check that fails raises
+`BenchmarkFailed` with the verdict, after the stage is cleaned up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import checks, database, timing
+from benchmarks.config import BenchConfig
+from benchmarks.database import BenchmarkFailed
+from benchmarks.observer import Observer
+from benchmarks.processes import TargetProcess
+from benchmarks.progress import Phase, Progress
+from benchmarks.stage import Stage
+from benchmarks.workloads import Plan, build_plan
+
+QUIET_AFTER = 0.5  # seconds to wait after the last outcome, so that a late copy is seen
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    config: BenchConfig
+    progress: Progress
+    logs: Path
+
+
+async def measure(
+    context: Context, target: str, workload: str, size: int, rate: float | None = None
+) -> dict[str, Any]:
+    """Preloaded (`rate` None: the queue is full before the target starts) or paced."""
+    config = context.config
+    label = f"{target} {workload}" + (f" at {rate:.0f}/s" if rate else "")
+    stage = Stage(config.amqp_url, config.admin_database_url)
+    verdict = checks.Verdict()
+    try:
+        await stage.open(with_database=target == "worker")
+        plan = build_plan(
+            workload, size, seed=config.seed, coupons=config.coupons, reply_to=stage.reply_to
+        )
+        await stage.preseed(plan.preseed)
+        if rate is None:
+            with context.progress.phase(f"{label}: preload", len(plan)) as phase:
+                await stage.preload(plan.messages, phase.advance)
+        process = _process(context, target, stage, label)
+        async with _running(stage, process):
+            with context.progress.phase(label, len(plan)) as phase:
+                sent, achieved = await _drive(stage, plan, rate, phase, process)
+        assert stage.observer is not None
+        arrivals = stage.observer.arrivals
+        result: dict[str, Any] = {"target": target, "workload": workload, "commands": len(plan)}
+        result["mode"] = "preloaded" if rate is None else "paced"
+        result.update(timing.throughput(arrivals))
+        if rate is not None:
+            result["offered_per_second"] = round(rate, 1)
+            result["sent_per_second"] = round(achieved, 1)
+            result["latency"] = timing.latency(plan.messages, sent, arrivals)
+        if target == "worker":
+            result["peak_rss_bytes"] = process.peak_rss
+            result["worker_reported"] = _ready_record(process.log)
+        checks.check_outcomes(plan, arrivals, verdict)
+        left = await stage.broker.depth(stage.topology.worker_queue)
+        dead = await stage.broker.depth(stage.topology.dead_queue)
+        checks.check_queues(plan, left, dead, verdict)
+        if stage.engine is not None:
+            checks.check_database(plan, await database.read_state(stage.engine), verdict)
+        result["checks"] = verdict.describe()
+    finally:
+        await stage.close()
+    if not verdict.passed:
+        problems = "\n  ".join(verdict.problems)
+        raise BenchmarkFailed(f"{label}: the exactly-once checks FAILED:\n  {problems}")
+    return result
+
+
+def _process(context: Context, target: str, stage: Stage, label: str) -> TargetProcess:
+    log = context.logs / f"{label.replace(' ', '-').replace('/', '')}.log"
+    config = context.config
+    if target == "ceiling":
+        return TargetProcess.ceiling(
+            {"AMQP_URL": config.amqp_url},
+            log,
+            f"--prefix={stage.prefix}",
+            f"--prefetch={config.effective_knob('prefetch')}",
+            f"--batch-size={config.effective_knob('batch_size')}",
+        )
+    env = {
+        "AMQP_URL": config.amqp_url,
+        "DATABASE_URL": stage.database_url,
+        "WORKER_NAME_PREFIX": stage.prefix,
+        **config.worker_environment(),
+    }
+    return TargetProcess.worker(env, log)
+
+
+@contextlib.asynccontextmanager
+async def _running(stage: Stage, process: TargetProcess) -> AsyncIterator[None]:
+    """The target alone on the queue while it is measured, stopped (exit 0) afterwards."""
+    await stage.expect_consumers(0, "before the start")
+    process.start()
+    try:
+        await process.wait_ready()
+        await stage.expect_consumers(1, f"{process.kind} ready")
+        yield
+        if not process.running():
+            raise BenchmarkFailed(
+                f"the {process.kind} exited ({process.returncode}) during the measurement "
+                f"(signalled by another process, or it crashed):\n{process.tail()}"
+            )
+        await stage.expect_consumers(1, "measurement done")
+    finally:
+        await process.stop()
+
+
+async def _drive(
+    stage: Stage, plan: Plan, rate: float | None, phase: Phase, process: TargetProcess
+) -> tuple[dict[str, float], float]:
+    observer = stage.observer
+    assert observer is not None
+    ticker = asyncio.create_task(_tick(observer, phase))
+    try:
+        sent: dict[str, float] = {}
+        achieved = 0.0
+        if rate is not None:
+            channel = stage.broker.ch
+            exchange = await channel.get_exchange(stage.topology.commands_exchange, ensure=False)
+            sent, achieved = await timing.publish_paced(exchange, plan.messages, rate)
+        # Generous: a loaded machine and a slow build still finish; 60 s of silence is a stall.
+        await observer.wait_answered(
+            len(plan), within=300 + len(plan) / 20, idle=60, alive=process.running
+        )
+        await asyncio.sleep(QUIET_AFTER)
+        phase.update_to(observer.answered)
+        return sent, achieved
+    finally:
+        ticker.cancel()
+
+
+async def _tick(observer: Observer, phase: Phase) -> None:
+    while True:
+        phase.update_to(observer.answered)
+        await asyncio.sleep(0.25)
+
+
+def _ready_record(log: Path) -> dict[str, Any]:
+    """The settings the worker says it runs with (its `worker_ready` line)."""
+    for line in log.read_text(errors="replace").splitlines():
+        if "worker_ready" in line:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    keys = ("prefetch", "batch_size", "concurrency", "db_pool_size")
+                    return {key: record[key] for key in keys if key in record}
+    return {}
