@@ -1,4 +1,4 @@
-"""decode/validate → dedupe → handle → record → commit. No broker code here.
+"""dedupe → lock and load → handle in memory → write → record → commit. No broker code here.
 
 `process(batch)` takes decoded commands and returns one outcome per command, in order. The
 whole batch is one unit of work: its effects and its outcomes commit together, or not at all.
