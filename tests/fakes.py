@@ -1,9 +1,10 @@
 """In-memory fakes of the domain's ports (worker/domain/ports.py), for unit tests.
 
-They keep the promises the real adapters make: a duplicate code raises `AlreadyExists`, a
-redeem is all-or-nothing and raises `DoesNotExist` / `Exhausted` exactly as the SQL one does,
-recording a command twice reports the conflict, and nothing a unit of work did is visible to
-anyone else until it commits (leaving without `commit()` discards it).
+They keep the promises the real adapters make (tests/integration/test_storage_contract.py runs
+the same tests against both): coupons are loaded and locked in code order, a code created by a
+concurrent transaction or a guarded redeem that cannot be taken is a conflict
+(`TransientFailure`), recording a command twice reports the conflict, and nothing a unit of
+work did is visible to anyone else until it commits (leaving without `commit()` discards it).
 
 Concurrent units of work behave as they do on PostgreSQL: a write to a coupon (or to a
 command's record) waits until whichever unit of work wrote it first commits or rolls back,
@@ -14,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from worker.domain.errors import AlreadyExists, DoesNotExist, Exhausted
+from worker.domain.errors import TransientFailure
 from worker.domain.model import Coupon, Outcome
 from worker.domain.ports import CouponRepository, ProcessedCommands, UnitOfWork
 
@@ -67,30 +67,42 @@ class FakeCouponsRepository:
     def _find(self, code: str) -> Coupon | None:
         return self.staged.get(code) or self._committed.get(code)
 
-    async def create(self, code: str, init_count: int) -> Coupon:
-        await self._transaction.lock(("coupon", code))  # the unique index entry
-        if self._find(code) is not None:
-            raise AlreadyExists(code)
-        coupon = Coupon(
-            id=uuid.uuid4(), code=code, init_count=init_count, remaining_count=init_count
-        )
-        self.staged[code] = coupon
-        return coupon
+    def _existing(self, codes: Collection[str]) -> dict[str, Coupon]:
+        return {code: coupon for code in sorted(codes) if (coupon := self._find(code))}
 
-    async def get_by_code(self, code: str) -> Coupon:
-        coupon = self._find(code)
-        if coupon is None:
-            raise DoesNotExist(code)
-        return coupon
+    async def lock_many(self, codes: Collection[str]) -> dict[str, Coupon]:
+        # SELECT ... ORDER BY code FOR UPDATE: existing rows only (a row another transaction
+        # is still inserting is not seen, and not waited for), locked in code order.
+        for code in sorted(codes):
+            if self._find(code) is not None:
+                await self._transaction.lock(("coupon", code))
+        return self._existing(codes)
 
-    async def redeem(self, code: str) -> Coupon:
-        await self._transaction.lock(("coupon", code))  # UPDATE ... WHERE remaining_count > 0
-        coupon = await self.get_by_code(code)
-        if coupon.remaining_count <= 0:
-            raise Exhausted(code)
-        redeemed = dataclasses.replace(coupon, remaining_count=coupon.remaining_count - 1)
-        self.staged[code] = redeemed
-        return redeemed
+    async def get_many(self, codes: Collection[str]) -> dict[str, Coupon]:
+        return self._existing(codes)
+
+    async def create_many(self, coupons: Sequence[Coupon]) -> None:
+        # INSERT ... ON CONFLICT DO NOTHING: waits on a code another transaction is inserting.
+        for coupon in sorted(coupons, key=lambda c: c.code):
+            await self._transaction.lock(("coupon", coupon.code))  # the unique index entry
+            if self._find(coupon.code) is not None:
+                raise TransientFailure(
+                    "a concurrent transaction created the same code", outage=False
+                )
+            self.staged[coupon.code] = coupon
+
+    async def redeem_many(self, taken: Mapping[str, int]) -> None:
+        # UPDATE ... WHERE remaining_count >= taken: all or nothing.
+        changed: dict[str, Coupon] = {}
+        for code in sorted(taken):
+            await self._transaction.lock(("coupon", code))
+            coupon = self._find(code)
+            if coupon is None or coupon.remaining_count < taken[code]:
+                raise TransientFailure("a coupon changed under the batch's lock", outage=False)
+            changed[code] = dataclasses.replace(
+                coupon, remaining_count=coupon.remaining_count - taken[code]
+            )
+        self.staged.update(changed)
 
 
 class FakeProcessedCommands:

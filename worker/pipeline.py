@@ -1,7 +1,10 @@
-"""decode/validate → dedupe → handle → record → commit. No broker code here.
+"""dedupe → lock and load → handle in memory → write → record → commit. No broker code here.
 
 `process(batch)` takes decoded commands and returns one outcome per command, in order. The
 whole batch is one unit of work: its effects and its outcomes commit together, or not at all.
+A batch costs the same few statements whatever its size: look up stored outcomes, lock and load
+the coupons it names, apply the commands to them in memory in arrival order (the handlers),
+insert the new coupons, take the redemptions, record the outcomes, commit.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from worker.domain.errors import TransientFailure
 from worker.domain.handlers import handle
 from worker.domain.model import Outcome
 from worker.domain.ports import UnitOfWork
+from worker.domain.working_set import WorkingSet
 from worker.faults import NO_FAULTS, FaultPlan, FaultPoint
 
 
@@ -42,24 +46,39 @@ class Pipeline:
         """Apply every command not applied before, answer the others from their stored outcome.
 
         Raises `TransientFailure` when the batch must simply be tried again (the database is
-        unreachable, or a concurrent delivery of one of these commands committed first).
+        unreachable, or a concurrent batch committed one of these commands, or created one of
+        these codes, first).
         """
         codes = [envelope.command.code for envelope in batch]
         # Reads are naturally idempotent: `coupon.get` is answered fresh and not recorded.
         writes = list(dict.fromkeys(e.message_id for e in batch if not _is_read(e.command)))
         async with self._unit_of_work() as uow:
             results = await uow.processed.outcomes(writes)
+            # What the batch must apply: every read (answered fresh, as if alone), and each
+            # write whose message_id has no stored outcome (its duplicates share its outcome).
+            todo = [e for e in batch if _is_read(e.command) or e.message_id not in results]
+            touched = {envelope.command.code for envelope in todo}
+            if any(not _is_read(envelope.command) for envelope in todo):
+                loaded = await uow.coupons.lock_many(touched)  # one global lock order
+            else:
+                loaded = await uow.coupons.get_many(touched)
+            coupons = WorkingSet(loaded)
+            outcomes: list[Outcome] = []
             fresh: list[Outcome] = []
-            # Rows are locked in code order (a stable sort keeps each code's commands in their
-            # order), so concurrent batches that share coupons queue instead of deadlocking.
-            for envelope in sorted(batch, key=lambda e: e.command.code):
-                if envelope.message_id in results:
-                    continue  # applied before, or earlier in this very batch
+            # In arrival order: the outcomes are exactly those of applying them one by one.
+            for envelope in batch:
+                if not _is_read(envelope.command) and envelope.message_id in results:
+                    outcomes.append(results[envelope.message_id])  # applied before
+                    continue
                 self._faults.hit(FaultPoint.HANDLE, [envelope.command.code])
-                outcome = self._outcome(envelope, await handle(envelope.command, uow))
-                results[envelope.message_id] = outcome
+                event = handle(envelope.command, coupons, envelope.message_id)
+                outcome = self._outcome(envelope, event)
+                outcomes.append(outcome)
                 if outcome.broadcast:
+                    results[envelope.message_id] = outcome
                     fresh.append(outcome)
+            await uow.coupons.create_many(coupons.created)
+            await uow.coupons.redeem_many(coupons.taken)
             if not await uow.processed.record(fresh):
                 raise TransientFailure(
                     "a concurrent delivery of the same command committed first", outage=False
@@ -67,7 +86,7 @@ class Pipeline:
             self._faults.hit(FaultPoint.BEFORE_COMMIT, codes)
             await uow.commit()
         self._faults.hit(FaultPoint.AFTER_COMMIT, codes)
-        return [results[envelope.message_id] for envelope in batch]
+        return outcomes
 
     def _outcome(self, envelope: Envelope, event: Event) -> Outcome:
         return Outcome(

@@ -29,7 +29,7 @@ from tests.support.ledger import _reason
 from tests.support.services import Services
 from worker.db.repositories import CouponsRepository, ProcessedCommandsRepository
 from worker.db.tables import Coupon, ProcessedCommand
-from worker.domain.errors import DoesNotExist
+from worker.domain.model import Coupon as CouponModel
 from worker.domain.model import Outcome
 
 pytestmark = pytest.mark.faults
@@ -564,18 +564,17 @@ async def test_injection_strings_are_stored_literally_and_the_tables_survive(
 ) -> None:
     # Below the contract's code rules, the repositories themselves take any string literally.
     async with sessions() as session, session.begin():
-        coupons = CouponsRepository(session)
-        await coupons.create("REAL-1", 5)
-        for code in INJECTIONS:
-            created = await coupons.create(code, 3)
-            assert created.code == code
+        real = CouponModel(uuid.uuid4(), "REAL-1", 5, 5)
+        hostile = [CouponModel(uuid.uuid4(), code, 3, 3) for code in INJECTIONS]
+        await CouponsRepository(session).create_many([real, *hostile])
     async with sessions() as session, session.begin():
         coupons = CouponsRepository(session)
-        for code in INJECTIONS:
-            assert (await coupons.get_by_code(code)).code == code
-            assert (await coupons.redeem(code)).remaining_count == 2
-        with pytest.raises(DoesNotExist):
-            await coupons.get_by_code("' OR ''='")  # would match every row if spliced in
+        assert set(await coupons.lock_many(INJECTIONS)) == set(INJECTIONS)
+        await coupons.redeem_many(dict.fromkeys(INJECTIONS, 1))
+        found = await coupons.get_many(INJECTIONS)
+        assert {c.remaining_count for c in found.values()} == {2}
+        # Would match every row if spliced in:
+        assert await coupons.get_many(["' OR ''='"]) == {}
         processed = ProcessedCommandsRepository(session)
         outcome = Outcome(
             command_message_id=INJECTIONS[0],

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
-from typing import Self
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Self
 
 import pytest
-from sqlalchemy import func, select
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts.commands import CreateCoupon, GetCoupon, RedeemCoupon
+from tests.support.batches import (
+    NOW,
+    batches,
+    envelopes,
+    expected_outcomes,
+    observed,
+    one_by_one,
+    wire,
+)
+from tests.support.database import truncate
 from worker.db.repositories import ProcessedCommandsRepository
 from worker.db.tables import Coupon, ProcessedCommand
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.errors import TransientFailure
-from worker.domain.model import Outcome
+from worker.domain.model import Outcome, coupon_id_for
 from worker.faults import FaultPlan, InjectedFault
 from worker.pipeline import Envelope, Pipeline
 
@@ -132,3 +145,111 @@ async def test_two_deliveries_of_one_command_apply_it_once(
     assert retried == first
     assert retried.event_message_id == first.event_message_id
     assert await remaining(db, "TWICE") == 4
+
+
+def _on_fresh_database(sessions: Sessions, db: AsyncEngine) -> Callable[[], Awaitable[Pipeline]]:
+    async def fresh() -> Pipeline:
+        await truncate(db)
+        return Pipeline(lambda: SqlAlchemyUnitOfWork(sessions), clock=lambda: NOW)
+
+    return fresh
+
+
+async def committed_state(engine: AsyncEngine) -> tuple[list[tuple[Any, ...]], list[str]]:
+    async with engine.connect() as connection:
+        coupons = await connection.execute(
+            select(Coupon.id, Coupon.code, Coupon.init_count, Coupon.remaining_count).order_by(
+                Coupon.code
+            )
+        )
+        commands = await connection.scalars(
+            select(ProcessedCommand.message_id).order_by(ProcessedCommand.message_id)
+        )
+        return [tuple(row) for row in coupons.all()], list(commands.all())
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(history=st.lists(envelopes, max_size=8), batch=batches)
+async def test_a_batch_has_exactly_the_outcomes_of_its_commands_applied_one_by_one(
+    sessions: Sessions, db: AsyncEngine, history: list[Envelope], batch: list[Envelope]
+) -> None:
+    fresh = _on_fresh_database(sessions, db)
+    at_once = await fresh()
+    await one_by_one(at_once, history)
+    outcomes = await at_once.process(batch)
+    state_at_once = await committed_state(db)
+
+    reference = await fresh()
+    await one_by_one(reference, history)
+    assert wire(outcomes) == wire(await one_by_one(reference, batch))
+    assert [observed(o) for o in outcomes] == expected_outcomes(history, batch)
+    assert state_at_once == await committed_state(db)
+
+
+async def test_the_same_commands_on_a_fresh_database_give_byte_identical_outcomes(
+    sessions: Sessions, db: AsyncEngine
+) -> None:
+    batch = [
+        Envelope("c-1", CreateCoupon(code="DET", init_count=3)),
+        Envelope("r-1", RedeemCoupon(code="DET")),
+        Envelope("c-2", CreateCoupon(code="DET", init_count=9)),
+        Envelope("g-1", GetCoupon(code="DET")),
+        Envelope("r-2", RedeemCoupon(code="NOPE")),
+    ]
+    fresh = _on_fresh_database(sessions, db)
+    first = await (await fresh()).process(batch)
+    again = await (await fresh()).process(batch)
+    assert wire(first) == wire(again)
+    created = json.loads(first[0].body)
+    assert created["id"] == str(coupon_id_for("c-1"))
+    assert json.loads(first[1].body)["id"] == created["id"]
+    # Redelivered, the stored outcome comes back byte for byte as well.
+    assert wire(await (await fresh()).process(batch[:1])) == wire(first[:1])
+
+
+@pytest.mark.parametrize("size", [1, 10, 120])
+async def test_a_batch_costs_the_same_statements_whatever_its_size(
+    sessions: Sessions, db: AsyncEngine, size: int
+) -> None:
+    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(sessions))
+    await pipeline.process(
+        [Envelope(f"old-{i}", CreateCoupon(code=f"OLD-{i}", init_count=5)) for i in range(size)]
+    )
+    batch = [
+        *(Envelope(f"new-{i}", CreateCoupon(code=f"NEW-{i}", init_count=2)) for i in range(size)),
+        *(Envelope(f"r-{i}", RedeemCoupon(code=f"OLD-{i}")) for i in range(size)),
+        *(Envelope(f"hot-{i}", RedeemCoupon(code="OLD-0")) for i in range(size)),
+        *(Envelope(f"g-{i}", GetCoupon(code=f"NEW-{i}")) for i in range(size)),
+    ]
+    with executions(db) as sent:
+        outcomes = await pipeline.process(batch)
+    assert len(outcomes) == 4 * size
+    kinds = [sql.split()[0] for sql in sent]
+    # stored outcomes, lock and load, new coupons, redemptions, outcome rows, commit
+    assert kinds == ["SELECT", "SELECT", "INSERT", "UPDATE", "INSERT", "COMMIT"], sent
+    granted = [o for o in outcomes[2 * size :][:size] if o.routing_key == "coupon.redeemed"]
+    assert len(granted) == min(size, 4), "the hot coupon grants as many as remain"
+
+
+@contextmanager
+def executions(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL (and the COMMIT) the engine sends while the block runs."""
+    seen: list[str] = []
+
+    def statement(*args: Any) -> None:
+        seen.append(" ".join(str(args[2]).split()))
+
+    def commit(*args: Any) -> None:
+        seen.append("COMMIT")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", statement)
+    event.listen(engine.sync_engine, "commit", commit)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", statement)
+        event.remove(engine.sync_engine, "commit", commit)

@@ -1,4 +1,5 @@
-"""Handlers on the in-memory fakes: every command's success and business-error outcome."""
+"""Handlers on a batch's working set: every command's success and business-error outcome, in
+arrival order, and the ids they derive."""
 
 from __future__ import annotations
 
@@ -7,66 +8,95 @@ from datetime import UTC, datetime
 
 from contracts.commands import CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.events import CouponCreated, CouponError, CouponFound, CouponRedeemed, ErrorKind
-from tests.fakes import FakeDatabase, FakeUnitOfWork
 from worker.domain.handlers import HANDLERS, handle
-from worker.domain.model import EVENT_ID_NAMESPACE, Outcome
+from worker.domain.model import COUPON_ID_NAMESPACE, EVENT_ID_NAMESPACE, Coupon, Outcome
+from worker.domain.working_set import WorkingSet
+
+LOADED = Coupon(id=uuid.uuid4(), code="OLD", init_count=5, remaining_count=2)
 
 
-async def test_create_returns_coupon_created() -> None:
-    async with FakeUnitOfWork(FakeDatabase()) as uow:
-        event = await handle(CreateCoupon(code="SPRING", init_count=3), uow)
+def test_create_returns_coupon_created_with_an_id_derived_from_the_message_id() -> None:
+    coupons = WorkingSet({})
+    event = handle(CreateCoupon(code="SPRING", init_count=3), coupons, "m-1")
     assert isinstance(event, CouponCreated)
     assert (event.code, event.init_count, event.remaining_count) == ("SPRING", 3, 3)
-    assert isinstance(event.id, uuid.UUID)
+    assert event.id == uuid.uuid5(COUPON_ID_NAMESPACE, "m-1")
+    assert event.id.version == 5
+    assert coupons.created == [Coupon(event.id, "SPRING", 3, 3)]
+    assert coupons.taken == {}
 
 
-async def test_duplicate_create_is_an_already_exists_outcome() -> None:
-    async with FakeUnitOfWork(FakeDatabase()) as uow:
-        await handle(CreateCoupon(code="SPRING", init_count=3), uow)
-        event = await handle(CreateCoupon(code="SPRING", init_count=9), uow)
-        kept = await uow.coupons.get_by_code("SPRING")
-    assert isinstance(event, CouponError)
-    assert event.error is ErrorKind.ALREADY_EXISTS
-    assert (event.command, event.code) == ("coupon.create", "SPRING")
-    assert "SPRING" in event.detail
-    assert kept.init_count == 3
+def test_the_coupon_id_is_the_same_for_the_same_message_id_and_not_an_event_id() -> None:
+    first = handle(CreateCoupon(code="A", init_count=1), WorkingSet({}), "m-1")
+    again = handle(CreateCoupon(code="A", init_count=1), WorkingSet({}), "m-1")
+    other = handle(CreateCoupon(code="A", init_count=1), WorkingSet({}), "m-2")
+    assert isinstance(first, CouponCreated) and isinstance(again, CouponCreated)
+    assert isinstance(other, CouponCreated)
+    assert first.model_dump_json() == again.model_dump_json()
+    assert first.id != other.id
+    assert COUPON_ID_NAMESPACE != EVENT_ID_NAMESPACE
+    assert str(first.id) != str(uuid.uuid5(EVENT_ID_NAMESPACE, "m-1"))
 
 
-async def test_redeem_to_exhaustion() -> None:
-    async with FakeUnitOfWork(FakeDatabase()) as uow:
-        created = await handle(CreateCoupon(code="C", init_count=2), uow)
-        outcomes = [await handle(RedeemCoupon(code="C"), uow) for _ in range(3)]
-    assert isinstance(created, CouponCreated)
-    first, second, third = outcomes
+def test_a_duplicate_create_is_an_already_exists_outcome_and_keeps_the_first() -> None:
+    coupons = WorkingSet({"OLD": LOADED})
+    again = handle(CreateCoupon(code="OLD", init_count=9), coupons, "m-1")
+    first = handle(CreateCoupon(code="NEW", init_count=3), coupons, "m-2")
+    second = handle(CreateCoupon(code="NEW", init_count=9), coupons, "m-3")
+    for event in (again, second):
+        assert isinstance(event, CouponError)
+        assert event.error is ErrorKind.ALREADY_EXISTS
+        assert event.command == "coupon.create"
+    assert isinstance(first, CouponCreated)
+    assert coupons.get("NEW").init_count == 3
+    assert coupons.get("OLD") == LOADED
+    assert [c.code for c in coupons.created] == ["NEW"]
+
+
+def test_redeems_are_granted_in_arrival_order_until_exhausted() -> None:
+    coupons = WorkingSet({"OLD": LOADED})
+    outcomes = [handle(RedeemCoupon(code="OLD"), coupons, f"r-{i}") for i in range(4)]
+    first, second, third, fourth = outcomes
     assert isinstance(first, CouponRedeemed) and first.remaining_count == 1
     assert isinstance(second, CouponRedeemed) and second.remaining_count == 0
-    assert first.id == second.id == created.id
-    assert isinstance(third, CouponError)
-    assert third.error is ErrorKind.EXHAUSTED
-    assert (third.command, third.code) == ("coupon.redeem", "C")
+    assert first.id == second.id == LOADED.id
+    for event in (third, fourth):
+        assert isinstance(event, CouponError) and event.error is ErrorKind.EXHAUSTED
+        assert (event.command, event.code) == ("coupon.redeem", "OLD")
+    assert coupons.taken == {"OLD": 2}, "one guarded change for the whole batch"
+    assert coupons.created == []
 
 
-async def test_unknown_code_is_does_not_exist_for_redeem_and_get() -> None:
-    async with FakeUnitOfWork(FakeDatabase()) as uow:
-        redeem = await handle(RedeemCoupon(code="NOPE"), uow)
-        get = await handle(GetCoupon(code="NOPE"), uow)
+def test_a_coupon_created_in_the_batch_is_inserted_with_its_redeems_deducted() -> None:
+    coupons = WorkingSet({})
+    before = handle(RedeemCoupon(code="C"), coupons, "r-0")
+    handle(CreateCoupon(code="C", init_count=2), coupons, "c")
+    after = [handle(RedeemCoupon(code="C"), coupons, f"r-{i}") for i in (1, 2, 3)]
+    assert isinstance(before, CouponError) and before.error is ErrorKind.DOES_NOT_EXIST
+    assert [type(e) for e in after] == [CouponRedeemed, CouponRedeemed, CouponError]
+    [created] = coupons.created
+    assert (created.init_count, created.remaining_count) == (2, 0)
+    assert coupons.taken == {}, "a new coupon is inserted as it stands, not updated"
+
+
+def test_unknown_code_is_does_not_exist_for_redeem_and_get() -> None:
+    coupons = WorkingSet({})
+    redeem = handle(RedeemCoupon(code="NOPE"), coupons, "r")
+    get = handle(GetCoupon(code="NOPE"), coupons, "g")
     assert isinstance(redeem, CouponError) and redeem.error is ErrorKind.DOES_NOT_EXIST
     assert isinstance(get, CouponError) and get.error is ErrorKind.DOES_NOT_EXIST
     assert (get.command, get.code) == ("coupon.get", "NOPE")
+    assert "NOPE" in get.detail
 
 
-async def test_get_returns_coupon_found_and_changes_nothing() -> None:
-    database = FakeDatabase()
-    async with FakeUnitOfWork(database) as uow:
-        await handle(CreateCoupon(code="G", init_count=5), uow)
-        await handle(RedeemCoupon(code="G"), uow)
-        await uow.commit()
-    async with FakeUnitOfWork(database) as uow:
-        event = await handle(GetCoupon(code="G"), uow)
-        assert uow.coupons.staged == {}
+def test_get_returns_coupon_found_as_the_batch_left_it_and_changes_nothing() -> None:
+    coupons = WorkingSet({"OLD": LOADED})
+    handle(RedeemCoupon(code="OLD"), coupons, "r")
+    event = handle(GetCoupon(code="OLD"), coupons, "g")
     assert isinstance(event, CouponFound)
     assert event.routing_key == "coupon.found"
-    assert (event.code, event.init_count, event.remaining_count) == ("G", 5, 4)
+    assert (event.code, event.init_count, event.remaining_count) == ("OLD", 5, 1)
+    assert coupons.taken == {"OLD": 1}
 
 
 def test_every_command_has_a_handler() -> None:

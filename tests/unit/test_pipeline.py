@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
 from tests.fakes import FakeDatabase, FakeUnitOfWork
+from tests.support.batches import (
+    NOW,
+    batches,
+    envelopes,
+    expected_outcomes,
+    observed,
+    one_by_one,
+    wire,
+)
 from worker.domain.errors import TransientFailure
-from worker.domain.model import Outcome
+from worker.domain.model import Outcome, coupon_id_for
 from worker.faults import NO_FAULTS, FaultPlan, FaultPoint, InjectedFault
 from worker.pipeline import Envelope, Pipeline
-
-NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def pipeline(database: FakeDatabase, faults: FaultPlan | None = None) -> Pipeline:
@@ -154,3 +162,33 @@ async def test_a_concurrent_delivery_that_committed_first_rolls_the_batch_back()
     assert outcomes[1] == interleave.stored
     assert set(database.coupons) == {"B"}
     assert set(database.processed) == {"dup", "other"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=st.lists(envelopes, max_size=12), batch=batches)
+async def test_a_batch_has_exactly_the_outcomes_of_its_commands_applied_one_by_one(
+    history: list[Envelope], batch: list[Envelope]
+) -> None:
+    at_once_database, reference_database = FakeDatabase(), FakeDatabase()
+    at_once, reference = pipeline(at_once_database), pipeline(reference_database)
+    await one_by_one(at_once, history)
+    await one_by_one(reference, history)
+
+    outcomes = await at_once.process(batch)
+
+    assert wire(outcomes) == wire(await one_by_one(reference, batch))
+    assert [observed(o) for o in outcomes] == expected_outcomes(history, batch)
+    assert at_once_database.coupons == reference_database.coupons
+    assert at_once_database.processed.keys() == reference_database.processed.keys()
+
+
+async def test_the_same_command_on_a_fresh_database_gives_byte_identical_outcomes() -> None:
+    batch = [
+        envelope("c", CreateCoupon(code="A", init_count=2)),
+        envelope("r", RedeemCoupon(code="A")),
+        envelope("g", GetCoupon(code="A")),
+    ]
+    first = await pipeline(FakeDatabase()).process(batch)
+    again = await pipeline(FakeDatabase()).process(batch)
+    assert wire(first) == wire(again)
+    assert json.loads(first[0].body)["id"] == str(coupon_id_for("c"))

@@ -1,19 +1,21 @@
-"""One typed verb per command. Handlers change state only through the unit of work's
-repositories and never commit: the pipeline commits a whole batch at once."""
+"""One typed verb per command. Handlers apply a command to the batch's working set in memory
+and never touch the database: the pipeline loads the working set through the unit of work's
+repositories before, and writes what changed in a few set-based statements after."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.events import CouponCreated, CouponError, CouponFound, CouponRedeemed, Event
 from worker.domain.errors import BusinessError
-from worker.domain.ports import UnitOfWork
+from worker.domain.model import coupon_id_for
+from worker.domain.working_set import WorkingSet
 
 
-async def create_coupon(command: CreateCoupon, uow: UnitOfWork) -> Event:
-    coupon = await uow.coupons.create(command.code, command.init_count)
+def create_coupon(command: CreateCoupon, coupons: WorkingSet, message_id: str) -> Event:
+    coupon = coupons.create(coupon_id_for(message_id), command.code, command.init_count)
     return CouponCreated(
         id=coupon.id,
         code=coupon.code,
@@ -22,13 +24,13 @@ async def create_coupon(command: CreateCoupon, uow: UnitOfWork) -> Event:
     )
 
 
-async def redeem_coupon(command: RedeemCoupon, uow: UnitOfWork) -> Event:
-    coupon = await uow.coupons.redeem(command.code)
+def redeem_coupon(command: RedeemCoupon, coupons: WorkingSet, message_id: str) -> Event:
+    coupon = coupons.redeem(command.code)
     return CouponRedeemed(id=coupon.id, code=coupon.code, remaining_count=coupon.remaining_count)
 
 
-async def get_coupon(command: GetCoupon, uow: UnitOfWork) -> Event:
-    coupon = await uow.coupons.get_by_code(command.code)
+def get_coupon(command: GetCoupon, coupons: WorkingSet, message_id: str) -> Event:
+    coupon = coupons.get(command.code)
     return CouponFound(
         id=coupon.id,
         code=coupon.code,
@@ -37,7 +39,8 @@ async def get_coupon(command: GetCoupon, uow: UnitOfWork) -> Event:
     )
 
 
-Handler = Callable[[Any, UnitOfWork], Awaitable[Event]]
+# (command, the batch's working set, the command's message_id) -> its outcome event
+Handler = Callable[[Any, WorkingSet, str], Event]
 
 HANDLERS: Final[Mapping[type[Command], Handler]] = {
     CreateCoupon: create_coupon,
@@ -46,11 +49,11 @@ HANDLERS: Final[Mapping[type[Command], Handler]] = {
 }
 
 
-async def handle(command: Command, uow: UnitOfWork) -> Event:
+def handle(command: Command, coupons: WorkingSet, message_id: str) -> Event:
     """Run the command's handler; a business failure becomes its `coupon.error` event."""
     handler = HANDLERS[type(command)]
     try:
-        return await handler(command, uow)
+        return handler(command, coupons, message_id)
     except BusinessError as error:
         return CouponError(
             error=error.kind, detail=error.detail, command=command.routing_key, code=command.code

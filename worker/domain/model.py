@@ -10,6 +10,15 @@ from typing import Final
 # Event message ids derive from the command's message_id, so that every publication of one
 # command's outcome carries the same id, on any worker, without storing it.
 EVENT_ID_NAMESPACE: Final = uuid.UUID("6f7c4f0e-2b8a-4d7e-9a51-3c0d8e6b1f42")
+# A new coupon's id derives from the creating command's message_id (contract "Determinism"):
+# replaying a recorded stream into a fresh database yields byte-identical outcome bodies.
+# A namespace of its own, so that a coupon id never equals the id of an event.
+COUPON_ID_NAMESPACE: Final = uuid.UUID("0b9d6c3e-5f1a-4e27-8c4d-2a7e91f0d6b5")
+
+
+def coupon_id_for(message_id: str) -> uuid.UUID:
+    """The id of the coupon that the command with this message_id creates."""
+    return uuid.uuid5(COUPON_ID_NAMESPACE, message_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -10,14 +10,27 @@ from worker.domain.model import Coupon, Outcome
 
 
 class CouponRepository(Protocol):
-    async def create(self, code: str, init_count: int) -> Coupon:
-        """Insert a coupon with all its redemptions left; `AlreadyExists` on a taken code."""
+    """Coupons, a batch at a time: each method is one statement whatever the number of codes."""
 
-    async def get_by_code(self, code: str) -> Coupon:
-        """The coupon, or `DoesNotExist`."""
+    async def lock_many(self, codes: Collection[str]) -> dict[str, Coupon]:
+        """The existing coupons among `codes`, by code, locked against other writers until the
+        unit of work ends. Rows are locked in code order, one global order for every batch, so
+        concurrent batches that share coupons queue behind each other and never deadlock."""
 
-    async def redeem(self, code: str) -> Coupon:
-        """Atomically take one redemption; `DoesNotExist` or `Exhausted` if it cannot."""
+    async def get_many(self, codes: Collection[str]) -> dict[str, Coupon]:
+        """The existing coupons among `codes`, by code, read without locking."""
+
+    async def create_many(self, coupons: Sequence[Coupon]) -> None:
+        """Insert new coupons (in code order).
+
+        `TransientFailure` (a conflict) if another transaction created one of these codes
+        first: the batch decided on a state that no longer holds and must be applied again.
+        """
+
+    async def redeem_many(self, taken: Mapping[str, int]) -> None:
+        """Take `taken[code]` redemptions from each coupon, guarded so that no count goes
+        below zero. `TransientFailure` (a conflict) if a coupon is missing or has fewer left:
+        never an oversell, never a partial change."""
 
 
 class ProcessedCommands(Protocol):
