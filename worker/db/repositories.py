@@ -139,11 +139,10 @@ class CouponsRepository(BaseRepository):
     )
 
     async def lock_many(self, codes: Collection[str]) -> dict[str, model.Coupon]:
-        rows = await self.select_by_keys(codes, for_update=True)
-        return {row.code: model.Coupon(*row) for row in rows}
+        return _coupons(await self.select_by_keys(codes, for_update=True))
 
     async def get_many(self, codes: Collection[str]) -> dict[str, model.Coupon]:
-        return {row.code: model.Coupon(*row) for row in await self.select_by_keys(codes)}
+        return _coupons(await self.select_by_keys(codes))
 
     async def create_many(self, coupons: Sequence[model.Coupon]) -> None:
         rows = [(c.id, c.code, c.init_count, c.remaining_count) for c in coupons]
@@ -206,3 +205,10 @@ class ProcessedCommandsRepository(BaseRepository):
             .returning(ProcessedCommand.message_id)
         )
         return len(await self._execute(statement, {}))
+
+
+def _coupons(rows: Sequence[Row[Any]]) -> dict[str, model.Coupon]:
+    return {
+        row.code: model.Coupon(row.id, row.code, row.init_count, row.remaining_count)
+        for row in rows
+    }
