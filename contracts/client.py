@@ -19,13 +19,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any, Literal, Self, overload
+from typing import Any, Self
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from contracts import names
-from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
+from contracts.commands import Command
 from contracts.errors import (
     AlreadyExists,
     CommandFailed,
@@ -36,10 +36,10 @@ from contracts.errors import (
     OutcomeError,
     RequestTimeout,
 )
-from contracts.events import CouponCreated, CouponFound, CouponRedeemed
 from contracts.messages import CommandMessage, command_message
 from contracts.names import Topology
-from contracts.received import EventT, ReceivedEvent, UnknownEvent, expect
+from contracts.received import ReceivedEvent, UnknownEvent
+from contracts.requests import CouponCommands
 from contracts.subscription import Subscription, read_outcome, to_amqp
 from contracts.validation import InvalidCommand
 
@@ -64,7 +64,7 @@ __all__ = [
 DEFAULT_TIMEOUT = 30.0
 
 
-class CouponClient:
+class CouponClient(CouponCommands):
     def __init__(
         self,
         connection: AbstractConnection,
@@ -185,61 +185,6 @@ class CouponClient:
         if future is None or future.done():
             return  # the answer to a request that timed out, or to another client's
         future.set_result(read_outcome(message, message.type or message.routing_key))
-
-    @overload
-    async def create(
-        self, code: str, init_count: int, *, wait: Literal[True] = ..., **options: Any
-    ) -> CouponCreated: ...
-    @overload
-    async def create(
-        self, code: str, init_count: int, *, wait: Literal[False], **options: Any
-    ) -> str: ...
-    async def create(
-        self, code: str, init_count: int, *, wait: bool = True, **options: Any
-    ) -> CouponCreated | str:
-        """`coupon.create`. With `wait` (default) the `CouponCreated`, or `AlreadyExists`;
-        without, the `message_id` once the broker confirmed the publish. `options`:
-        `message_id`, `correlation_id`, and `within` (seconds) when waiting."""
-        command = CreateCoupon(code=code, init_count=init_count)
-        return await self._call(command, CouponCreated, wait, options)
-
-    @overload
-    async def redeem(
-        self, code: str, *, wait: Literal[True] = ..., **options: Any
-    ) -> CouponRedeemed: ...
-    @overload
-    async def redeem(self, code: str, *, wait: Literal[False], **options: Any) -> str: ...
-    async def redeem(self, code: str, *, wait: bool = True, **options: Any) -> CouponRedeemed | str:
-        """`coupon.redeem`: the `CouponRedeemed`, or `DoesNotExist` / `Exhausted`."""
-        return await self._call(RedeemCoupon(code=code), CouponRedeemed, wait, options)
-
-    async def get(self, code: str, **options: Any) -> CouponFound:
-        """`coupon.get` (always waits, it is answered only on reply-to): the `CouponFound`,
-        or `DoesNotExist`."""
-        found = await self._call(GetCoupon(code=code), CouponFound, True, options)
-        assert isinstance(found, CouponFound)
-        return found
-
-    async def _call(
-        self, command: Command, success: type[EventT], wait: bool, options: dict[str, Any]
-    ) -> EventT | str:
-        unknown = set(options) - {"message_id", "correlation_id", "within"}
-        if unknown:
-            raise TypeError(f"unexpected options: {', '.join(sorted(unknown))}")
-        message_id = options.get("message_id") or str(uuid.uuid4())
-        if not wait:
-            if "within" in options:
-                raise TypeError("within applies only when waiting")
-            return await self.send(
-                command, message_id=message_id, correlation_id=options.get("correlation_id")
-            )
-        received = await self.request(
-            command,
-            message_id=message_id,
-            correlation_id=options.get("correlation_id"),
-            within=options.get("within"),
-        )
-        return expect(received, success, message_id)
 
     # --- events --------------------------------------------------------------------------
 
