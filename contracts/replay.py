@@ -25,6 +25,7 @@ import asyncio
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
@@ -70,7 +71,8 @@ def to_message(recorded: RecordedMessage) -> aio_pika.Message:
     p = recorded.properties
     return aio_pika.Message(
         recorded.body_bytes(),
-        headers={key: decode_header(value) for key, value in recorded.headers.items()} or None,
+        headers={key: _wire(decode_header(value)) for key, value in recorded.headers.items()}
+        or None,
         content_type=p.content_type,
         content_encoding=p.content_encoding,
         delivery_mode=p.delivery_mode,
@@ -83,6 +85,17 @@ def to_message(recorded: RecordedMessage) -> aio_pika.Message:
         type=p.type,
         app_id=p.app_id,
     )
+
+
+def _wire(value: Any) -> Any:
+    """A header value as pamqp encodes it: bytes travel as a byte array (`x`)."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {key: _wire(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_wire(item) for item in value]
+    return value
 
 
 async def record(

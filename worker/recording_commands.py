@@ -115,9 +115,25 @@ async def _record(settings: Settings, args: argparse.Namespace) -> int:
                     status.update(f"recording {exchange}: {written[0]} messages")
 
                 written = [0]
-                count = await record(
-                    connection, exchange, args.pattern or ["#"], write, limit=args.limit, stop=stop
+                ready = asyncio.Event()
+                patterns = args.pattern or ["#"]
+                recording = asyncio.ensure_future(
+                    record(
+                        connection,
+                        exchange,
+                        patterns,
+                        write,
+                        limit=args.limit,
+                        stop=stop,
+                        ready=ready,
+                    )
                 )
+                bound = asyncio.ensure_future(ready.wait())
+                await asyncio.wait({recording, bound}, return_when=asyncio.FIRST_COMPLETED)
+                bound.cancel()
+                if ready.is_set() and not console.is_terminal:
+                    _say(console, f"recording {exchange} ({', '.join(patterns)})")
+                count = await recording
         except aio_pika.exceptions.ChannelNotFoundEntity:
             raise StartupError(f"exchange {exchange!r} does not exist") from None
         finally:
