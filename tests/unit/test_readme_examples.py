@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from contracts.recording import read_messages
+
 ROOT = Path(__file__).parents[2]
 INCLUDE = re.compile(r"<!-- include: (?P<path>\S+) -->\n```python\n(?P<code>.*?)```", re.DOTALL)
 
@@ -26,3 +28,11 @@ def test_the_sections_that_show_them_exist() -> None:
     readme = (ROOT / "README.md").read_text()
     for title in ("Publish commands", "Consume events", "Replay a queue in your tests"):
         assert f"\n## {title}\n" in readme
+
+
+def test_the_recording_format_example_is_a_valid_line() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("**The format**", 1)[1]
+    line = section.split("```json\n", 1)[1].split("\n```", 1)[0]
+    [message] = read_messages([line])
+    assert message.properties.message_id == "bf-4" and message.body_bytes() == b'{"code":"BF-A"}'
