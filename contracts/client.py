@@ -36,7 +36,7 @@ from contracts.errors import (
     OutcomeError,
     RequestTimeout,
 )
-from contracts.messages import CommandMessage, command_message
+from contracts.messages import CommandMessage
 from contracts.names import Topology
 from contracts.received import ReceivedEvent, UnknownEvent
 from contracts.requests import CouponCommands
@@ -114,21 +114,6 @@ class CouponClient(CouponCommands):
         await self.connection.close()
 
     # --- publishing ----------------------------------------------------------------------
-
-    async def send(
-        self,
-        command: Command,
-        *,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-        reply_to: str | None = None,
-    ) -> str:
-        """Publish a command (confirmed; an unroutable one raises). Returns its message_id."""
-        message = command_message(
-            command, message_id=message_id, correlation_id=correlation_id, reply_to=reply_to
-        )
-        await self.publish(message)
-        return message.message_id
 
     async def publish(self, message: CommandMessage) -> None:
         exchange = await self.channel.get_exchange(self.topology.commands_exchange, ensure=False)

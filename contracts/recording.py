@@ -34,7 +34,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.messages import CommandMessage
-from contracts.validation import bounded
+from contracts.validation import bounded, describe
 
 FORMAT_VERSION: Final = 1
 MAX_LINE_BYTES: Final = 1024 * 1024
@@ -166,7 +166,7 @@ def read_lines(lines: Iterable[str | bytes]) -> Iterator[RecordedLine | BadLine]
             message = RecordedMessage.model_validate_json(stripped)
             message.body_bytes()
         except ValidationError as error:
-            yield BadLine(number, _describe(error))
+            yield BadLine(number, bounded(describe(error), 300))
             continue
         except (binascii.Error, ValueError) as error:
             yield BadLine(number, f"body is not valid base64: {bounded(str(error), 120)}")
@@ -182,14 +182,6 @@ def read_messages(lines: Iterable[str | bytes]) -> list[RecordedMessage]:
             raise BadRecording(item)
         messages.append(item.message)
     return messages
-
-
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors(include_input=False, include_url=False):
-        location = ".".join(str(part) for part in item["loc"]) or "line"
-        parts.append(f"{bounded(location, 80)}: {item['msg']}")
-    return bounded("; ".join(parts), 300)
 
 
 _TAGS: Final = ("$bytes", "$datetime", "$decimal")

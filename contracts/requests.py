@@ -11,10 +11,14 @@ from typing import Any, Literal, overload
 
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.events import CouponCreated, CouponFound, CouponRedeemed
+from contracts.messages import CommandMessage, command_message
 from contracts.received import EventT, ReceivedEvent, expect
 
 
 class CouponCommands:
+    async def publish(self, message: CommandMessage) -> None:
+        raise NotImplementedError
+
     async def send(
         self,
         command: Command,
@@ -23,7 +27,12 @@ class CouponCommands:
         correlation_id: str | None = None,
         reply_to: str | None = None,
     ) -> str:
-        raise NotImplementedError
+        """Publish a command (confirmed; an unroutable one raises). Returns its message_id."""
+        message = command_message(
+            command, message_id=message_id, correlation_id=correlation_id, reply_to=reply_to
+        )
+        await self.publish(message)
+        return message.message_id
 
     async def request(
         self,

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Self
 
 from contracts.commands import Command
-from contracts.messages import CommandMessage, command_message
+from contracts.messages import CommandMessage
 from contracts.names import Topology
 from contracts.received import ReceivedEvent, read_received
 from contracts.recording import RecordedMessage
@@ -186,20 +186,6 @@ class FakeCouponClient(CouponCommands):
 
     async def close(self) -> None:
         return None
-
-    async def send(
-        self,
-        command: Command,
-        *,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-        reply_to: str | None = None,
-    ) -> str:
-        message = command_message(
-            command, message_id=message_id, correlation_id=correlation_id, reply_to=reply_to
-        )
-        await self.publish(message)
-        return message.message_id
 
     async def publish(self, message: CommandMessage) -> None:
         self.broker.publish(RecordedMessage.of_command(message, self.topology.commands_exchange))
