@@ -106,10 +106,11 @@ async def record(
     *,
     limit: int = 0,
     stop: asyncio.Event | None = None,
-    ready: asyncio.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
     """Tap `exchange` with `patterns` and hand every message to `write` until `limit` messages
-    (0: no limit) or `stop` is set. `ready` is set once the tap is bound. Returns the count."""
+    (0: no limit) or `stop` is set. `on_ready` is called once the tap is bound. Returns the
+    count."""
     stop = stop or asyncio.Event()
     channel = await connection.channel()
     try:
@@ -119,8 +120,8 @@ async def record(
             await tap.bind(exchange, routing_key=pattern)
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         await tap.consume(inbox.put)
-        if ready is not None:
-            ready.set()
+        if on_ready is not None:
+            on_ready()
         count = 0
         stopping = asyncio.ensure_future(stop.wait())
         try:

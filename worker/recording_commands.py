@@ -96,6 +96,7 @@ async def _connect(settings: Settings, name: str) -> AbstractConnection:
 
 async def _record(settings: Settings, args: argparse.Namespace) -> int:
     exchange = args.exchange or Topology(settings.name_prefix).commands_exchange
+    patterns = args.pattern or ["#"]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -103,41 +104,31 @@ async def _record(settings: Settings, args: argparse.Namespace) -> int:
     if args.duration:
         loop.call_later(args.duration, stop.set)
     console = Console(stderr=True)
-    with _output(args.file, args.append) as sink:
-        connection = await _connect(settings, "coupon-worker record")
-        try:
-            with console.status(f"recording {exchange}") as status:
+    connection = await _connect(settings, "coupon-worker record")
+    try:
+        with _output(args.file, args.append) as sink, console.status("recording") as status:
+            written = 0
 
-                def write(message: RecordedMessage) -> None:
-                    sink.write(message.to_line() + "\n")
-                    sink.flush()
-                    written[0] += 1
-                    status.update(f"recording {exchange}: {written[0]} messages")
+            def write(message: RecordedMessage) -> None:
+                nonlocal written
+                sink.write(message.to_line() + "\n")
+                sink.flush()  # on disk before the tap's copy is acknowledged
+                written += 1
+                status.update(f"recording {exchange}: {written} messages")
 
-                written = [0]
-                ready = asyncio.Event()
-                patterns = args.pattern or ["#"]
-                recording = asyncio.ensure_future(
-                    record(
-                        connection,
-                        exchange,
-                        patterns,
-                        write,
-                        limit=args.limit,
-                        stop=stop,
-                        ready=ready,
-                    )
-                )
-                bound = asyncio.ensure_future(ready.wait())
-                await asyncio.wait({recording, bound}, return_when=asyncio.FIRST_COMPLETED)
-                bound.cancel()
-                if ready.is_set() and not console.is_terminal:
+            def bound() -> None:
+                if not console.is_terminal:  # a line for scripts (and tests) to wait for
                     _say(console, f"recording {exchange} ({', '.join(patterns)})")
-                count = await recording
-        except aio_pika.exceptions.ChannelNotFoundEntity:
-            raise StartupError(f"exchange {exchange!r} does not exist") from None
-        finally:
-            await connection.close()
+
+            count = await record(
+                connection, exchange, patterns, write, limit=args.limit, stop=stop, on_ready=bound
+            )
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        raise StartupError(f"exchange {exchange!r} does not exist") from None
+    except (aio_pika.exceptions.AMQPError, ConnectionError) as error:
+        raise StartupError(f"the broker connection failed while recording: {error!r}") from None
+    finally:
+        await connection.close()
     _say(console, f"recorded {count} messages from {exchange}")
     return 0
 
@@ -147,12 +138,18 @@ def _output(path: str, append: bool) -> Iterator[IO[str]]:
     if path == "-":
         yield sys.stdout
         return
+    target = Path(path)
     try:
-        handle = Path(path).open("a" if append else "x", encoding="utf-8")  # noqa: SIM115
+        handle = target.open("a" if append else "x", encoding="utf-8")
     except FileExistsError:
         raise StartupError(f"{path} exists: choose another file, or pass --append") from None
-    with handle:
-        yield handle
+    try:
+        with handle:
+            yield handle
+    except BaseException:
+        if not append and target.stat().st_size == 0:
+            target.unlink()  # nothing recorded: leave no empty file behind
+        raise
 
 
 def _check(path: str, skip: bool, console: Console) -> tuple[list[RecordedLine], int]:
@@ -198,6 +195,8 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
             )
     except aio_pika.exceptions.ChannelNotFoundEntity as error:
         raise StartupError(f"the exchange to replay to does not exist: {error}") from None
+    except (aio_pika.exceptions.AMQPError, ConnectionError) as error:
+        raise StartupError(f"the broker connection failed while replaying: {error!r}") from None
     finally:
         await connection.close()
     for index, reason in report.failed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from datetime import UTC, datetime
@@ -156,3 +157,29 @@ async def test_replay_refuses_or_skips_bad_lines_and_keeps_or_renews_ids(
 
     missing = await run(cli_env, "replay", str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+@pytest.mark.timeout(180)
+async def test_record_stops_on_sigint_and_never_overwrites(
+    broker: Broker, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "tap.jsonl"
+    recorder = await start_recording(cli_env, str(path))
+    exchange = await broker.ch.get_exchange(broker.topology.commands_exchange, ensure=False)
+    for n in range(2):
+        await exchange.publish(aio_pika.Message(b"{}", message_id=f"sig-{n}"), "coupon.redeem")
+    for _ in range(100):  # written and flushed one by one
+        if len((await asyncio.to_thread(path.read_bytes)).splitlines()) == 2:
+            break
+        await asyncio.sleep(0.1)
+    recorder.send_signal(signal.SIGINT)
+    done = await finish(recorder)
+    assert done.returncode == 0, done
+    assert "recorded 2 messages" in done.stderr
+    assert [m.properties.message_id for m in read_messages(path.read_bytes().splitlines())] == [
+        "sig-0",
+        "sig-1",
+    ]
+    again = await run(cli_env, "record", str(path), "--limit", "1")
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert len(path.read_bytes().splitlines()) == 2
