@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aio_pika
@@ -142,13 +141,6 @@ async def record(
         await channel.close()
 
 
-@dataclass
-class ReplayReport:
-    published: int = 0
-    # (index in the sequence replayed, reason) of each message the broker did not take.
-    failed: list[tuple[int, str]] = field(default_factory=list)
-
-
 class Replayer:
     """Publishes recorded messages with publisher confirms, in order, optionally paced."""
 
@@ -186,23 +178,6 @@ class Replayer:
         )
         await exchange.publish(to_message(prepared), prepared.routing_key, mandatory=True)
         return prepared
-
-    async def publish_all(
-        self,
-        messages: Iterable[RecordedMessage],
-        on_published: Callable[[int], None] | None = None,
-    ) -> ReplayReport:
-        report = ReplayReport()
-        for index, recorded in enumerate(messages):
-            try:
-                await self.publish(recorded)
-            except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as error:
-                report.failed.append((index, f"not delivered: {error!r}"))
-            else:
-                report.published += 1
-            if on_published is not None:
-                on_published(index)
-        return report
 
     async def _pace(self) -> None:
         if not self._interval:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -24,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from contracts.names import Topology
-from contracts.recording import BadLine, RecordedLine, RecordedMessage, read_lines
+from contracts.recording import BadLine, RecordedMessage, read_lines
 from contracts.replay import Replayer, record
 from worker.errors import StartupError, describe_startup_failure
 from worker.service import ssl_context
@@ -152,64 +154,84 @@ def _output(path: str, append: bool) -> Iterator[IO[str]]:
         raise
 
 
-def _check(path: str, skip: bool, console: Console) -> tuple[list[RecordedLine], int]:
-    """Every readable message; bad lines reported, and fatal unless `skip`."""
-    try:
-        source = sys.stdin.buffer if path == "-" else Path(path).open("rb")  # noqa: SIM115
-    except OSError as error:
-        raise StartupError(f"cannot read {path}: {error.strerror}") from None
-    lines, bad = [], 0
-    with source:
-        for item in read_lines(source):
-            if isinstance(item, BadLine):
-                bad += 1
-                _say(console, f"{path}: {item}" + ("; skipped" if skip else ""))
-            else:
-                lines.append(item)
+@contextlib.contextmanager
+def _recording(path: str) -> Iterator[IO[bytes]]:
+    """The recording, seekable: standard input is spooled to a temporary file first, so that it
+    can be read twice (checked, then published) without holding it in memory."""
+    if path != "-":
+        try:
+            handle = Path(path).open("rb")  # noqa: SIM115
+        except OSError as error:
+            raise StartupError(f"cannot read {path}: {error.strerror}") from None
+        with handle:
+            yield handle
+        return
+    with tempfile.TemporaryFile() as spooled:
+        shutil.copyfileobj(sys.stdin.buffer, spooled)
+        spooled.seek(0)
+        yield spooled
+
+
+def _check(source: IO[bytes], path: str, skip: bool, console: Console) -> tuple[int, int]:
+    """(good lines, bad lines), each bad one reported; fatal unless `skip`."""
+    good = bad = 0
+    for item in read_lines(source):
+        if isinstance(item, BadLine):
+            bad += 1
+            _say(console, f"{path}: {item}" + ("; skipped" if skip else ""))
+        else:
+            good += 1
     if bad and not skip:
         raise StartupError(
             f"{path}: {bad} bad line(s), nothing published; fix them or pass --skip-bad-lines"
         )
-    return lines, bad
+    source.seek(0)
+    return good, bad
 
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    lines, bad = _check(args.file, args.skip_bad_lines, console)
     exchange = None if args.recorded_exchange else (args.exchange or _commands(settings))
-    connection = await _connect(settings, "coupon-worker replay")
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        replayer = Replayer(channel, exchange=exchange, new_ids=args.new_ids, rate=args.rate)
-        with Progress(
-            TextColumn("replaying"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not console.is_terminal,
-        ) as progress:
-            task = progress.add_task("replay", total=len(lines))
-            report = await replayer.publish_all(
-                (line.message for line in lines), lambda _: progress.advance(task)
-            )
-    except aio_pika.exceptions.ChannelNotFoundEntity as error:
-        raise StartupError(f"the exchange to replay to does not exist: {error}") from None
-    except (aio_pika.exceptions.AMQPError, ConnectionError) as error:
-        raise StartupError(f"the broker connection failed while replaying: {error!r}") from None
-    finally:
-        await connection.close()
-    for index, reason in report.failed:
-        line = lines[index]
-        _say(
-            console, f"{args.file}: line {line.line_number} ({line.message.routing_key}): {reason}"
-        )
+    with _recording(args.file) as source:
+        total, bad = _check(source, args.file, args.skip_bad_lines, console)
+        connection = await _connect(settings, "coupon-worker replay")
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            replayer = Replayer(channel, exchange=exchange, new_ids=args.new_ids, rate=args.rate)
+            published = await _publish(replayer, source, args.file, total, console)
+        except aio_pika.exceptions.ChannelNotFoundEntity as error:
+            raise StartupError(f"the exchange to replay to does not exist: {error}") from None
+        except (aio_pika.exceptions.AMQPError, ConnectionError) as error:
+            raise StartupError(f"the broker connection failed while replaying: {error!r}") from None
+        finally:
+            await connection.close()
     _say(
         console,
-        f"published {report.published} of {len(lines)} messages"
+        f"published {published} of {total} messages"
         + (f" ({bad} bad lines skipped)" if bad else ""),
     )
-    return EXIT_NOT_DELIVERED if report.failed else 0
+    return 0 if published == total else EXIT_NOT_DELIVERED
+
+
+async def _publish(
+    replayer: Replayer, source: IO[bytes], path: str, total: int, console: Console
+) -> int:
+    published = 0
+    columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task("replay", total=total)
+        for item in read_lines(source):
+            if isinstance(item, BadLine):
+                continue  # reported by _check
+            try:
+                await replayer.publish(item.message)
+            except aio_pika.exceptions.DeliveryError as error:
+                where = f"{path}: line {item.line_number} ({item.message.routing_key})"
+                _say(console, f"{where}: not delivered ({error!r})")
+            else:
+                published += 1
+            progress.advance(task)
+    return published
 
 
 def _commands(settings: Settings) -> str:

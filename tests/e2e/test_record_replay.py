@@ -158,6 +158,17 @@ async def test_replay_refuses_or_skips_bad_lines_and_keeps_or_renews_ids(
     missing = await run(cli_env, "replay", str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 
+    # A message no queue takes is reported with its line, and the rest still go out.
+    unroutable = tmp_path / "unroutable.jsonl"
+    unroutable.write_text(_line("u-1") + "\n" + _line("u-2") + "\n")
+    nobody = await run(
+        cli_env, "replay", str(unroutable), "--exchange", broker.topology.events_exchange
+    )
+    assert nobody.returncode == 1, nobody
+    assert "line 1 (coupon.redeem): not delivered" in nobody.stderr
+    assert "line 2 (coupon.redeem): not delivered" in nobody.stderr
+    assert "published 0 of 2 messages" in nobody.stderr
+
 
 @pytest.mark.timeout(180)
 async def test_record_stops_on_sigint_and_never_overwrites(
