@@ -159,8 +159,9 @@ class CouponClient(CouponCommands):
         async with self._replies_lock:
             if self._replies_started:
                 return
-            # A passive declare registers the pseudo-queue with the robust channel, which then
-            # consumes it again after a reconnect.
+            # A passive declare registers the pseudo-queue with the robust channel, which (by
+            # aio-pika's RobustQueue.restore) declares and consumes it again after a reconnect;
+            # no test here drops the client's connection yet.
             replies = await self.channel.declare_queue(names.DIRECT_REPLY_TO, passive=True)
             await replies.consume(self._on_reply, no_ack=True)
             self._replies_started = True
