@@ -1,17 +1,23 @@
-"""A ready-made aio-pika client for services that talk to the coupon worker.
-
-Optional: needs the `client` extra (aio-pika). `contracts` itself imports only pydantic.
+"""A typed aio-pika client for services that talk to the coupon worker (the `client` extra).
 
     async with await CouponClient.connect("amqp://guest:guest@localhost/") as client:
-        reply = await client.request(CreateCoupon(code="SPRING", init_count=100))
+        created = await client.create("SPRING", 100)           # CouponCreated, or raises
+        message_id = await client.redeem("SPRING", wait=False)  # publish only
+        async for received in client.subscribe(["coupon.redeemed"], queue="billing"):
+            ...
+
+Requests wait on RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`): one consumer per client,
+on the channel that publishes, and one future per request keyed by its `correlation_id`, so no
+queue is declared per call and any number of requests can be in flight on one client. Direct
+reply-to has no acks and no buffer: a reply that arrives while the connection is down is lost,
+and its request ends in `RequestTimeout`; re-sending with the same `message_id` is then safe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -20,67 +26,75 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from contracts import names
 from contracts.commands import Command
-from contracts.events import Event, InvalidCommandReply
-from contracts.messages import CommandMessage, command_message, parse_event
+from contracts.errors import (
+    AlreadyExists,
+    CommandFailed,
+    CommandRejected,
+    CouponClientError,
+    DoesNotExist,
+    Exhausted,
+    OutcomeError,
+    RequestTimeout,
+)
+from contracts.messages import CommandMessage
 from contracts.names import Topology
+from contracts.received import ReceivedEvent, UnknownEvent
+from contracts.requests import CouponCommands
+from contracts.subscription import Subscription, read_outcome, to_amqp
+from contracts.validation import InvalidCommand
+
+__all__ = [
+    "AlreadyExists",
+    "CommandFailed",
+    "CommandRejected",
+    "CouponClient",
+    "CouponClientError",
+    "DoesNotExist",
+    "Exhausted",
+    "InvalidCommand",
+    "OutcomeError",
+    "ReceivedEvent",
+    "RequestTimeout",
+    "Subscription",
+    "UnknownEvent",
+    "read_outcome",
+    "to_amqp",
+]
+
+DEFAULT_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class ReceivedEvent:
-    """An outcome as received: its model plus the AMQP properties consumers de-duplicate by."""
-
-    routing_key: str
-    event: Event | InvalidCommandReply
-    message_id: str | None
-    correlation_id: str | None
-    causation_id: str | None
-    body: bytes
-
-
-def read_outcome(message: AbstractIncomingMessage, routing_key: str | None = None) -> ReceivedEvent:
-    key = routing_key or message.type or message.routing_key or ""
-    event: Event | InvalidCommandReply
-    if key == names.INVALID:
-        event = InvalidCommandReply.model_validate_json(message.body)
-    else:
-        event = parse_event(key, message.body)
-    causation = (message.headers or {}).get(names.CAUSATION_ID_HEADER)
-    return ReceivedEvent(
-        routing_key=key,
-        event=event,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        causation_id=str(causation) if causation is not None else None,
-        body=message.body,
-    )
-
-
-def to_amqp(message: CommandMessage) -> aio_pika.Message:
-    return aio_pika.Message(
-        message.body,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        content_type=message.content_type,
-        type=message.type,
-        delivery_mode=aio_pika.DeliveryMode(message.delivery_mode),
-        headers=message.headers or None,
-    )
-
-
-class CouponClient:
+class CouponClient(CouponCommands):
     def __init__(
-        self, connection: AbstractConnection, channel: AbstractChannel, topology: Topology
-    ):
+        self,
+        connection: AbstractConnection,
+        channel: AbstractChannel,
+        topology: Topology,
+        *,
+        request_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         self.connection = connection
-        self.channel = channel
+        self.channel = channel  # publishes (confirmed, mandatory) and receives direct replies
         self.topology = topology
+        self.request_timeout = request_timeout
+        self._pending: dict[str, asyncio.Future[ReceivedEvent]] = {}
+        self._replies_started = False
+        self._replies_lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, url: str, prefix: str = "", **connect_kwargs: Any) -> CouponClient:
+    async def connect(
+        cls,
+        url: str,
+        prefix: str = "",
+        *,
+        request_timeout: float = DEFAULT_TIMEOUT,
+        **connect_kwargs: Any,
+    ) -> CouponClient:
+        """`connect_kwargs` go to aio-pika's `connect_robust` (`ssl_context=`, `timeout=`...);
+        `request_timeout` is how long a request waits by default, in seconds."""
         connection = await aio_pika.connect_robust(url, **connect_kwargs)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        return cls(connection, channel, Topology(prefix))
+        return cls(connection, channel, Topology(prefix), request_timeout=request_timeout)
 
     async def __aenter__(self) -> Self:
         return self
@@ -91,51 +105,99 @@ class CouponClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
         await self.connection.close()
 
-    async def send(
-        self,
-        command: Command,
-        *,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-        reply_to: str | None = None,
-    ) -> str:
-        """Publish a command (confirmed; an unroutable one raises). Returns its message_id."""
-        message = command_message(
-            command, message_id=message_id, correlation_id=correlation_id, reply_to=reply_to
-        )
-        await self.publish(message)
-        return message.message_id
+    # --- publishing ----------------------------------------------------------------------
 
     async def publish(self, message: CommandMessage) -> None:
         exchange = await self.channel.get_exchange(self.topology.commands_exchange, ensure=False)
         await exchange.publish(to_amqp(message), message.routing_key, mandatory=True)
 
+    # --- requests ------------------------------------------------------------------------
+
     async def request(
-        self, command: Command, *, message_id: str | None = None, within: float = 30.0
+        self,
+        command: Command,
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        within: float | None = None,
     ) -> ReceivedEvent:
-        """Send a command and wait for its outcome on an exclusive reply queue."""
-        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        """Send a command and wait for its outcome, whatever it is (an error event included).
+        Raises `RequestTimeout` when none arrives `within` seconds (default: the client's)."""
+        await self._start_replies()
+        message_id = message_id or str(uuid.uuid4())
+        correlation_id = correlation_id or str(uuid.uuid4())
+        if correlation_id in self._pending:
+            raise ValueError(f"a request with correlation_id {correlation_id!r} is in flight")
+        future: asyncio.Future[ReceivedEvent] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        within = self.request_timeout if within is None else within
         try:
-            message_id = message_id or str(uuid.uuid4())
-            async with queue.iterator() as replies:
-                await self.send(command, message_id=message_id, reply_to=queue.name)
-                async with asyncio.timeout(within):
-                    async for reply in replies:
-                        await reply.ack()
-                        if reply.correlation_id == message_id:
-                            return read_outcome(reply)
+            await self.send(
+                command,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                reply_to=names.DIRECT_REPLY_TO,
+            )
+            async with asyncio.timeout(within):
+                return await future
+        except TimeoutError:
+            raise RequestTimeout(message_id, within) from None
         finally:
-            await queue.delete(if_unused=False, if_empty=False)
-        raise TimeoutError  # pragma: no cover - the iterator only ends on close
+            self._pending.pop(correlation_id, None)
+
+    async def _start_replies(self) -> None:
+        if self._replies_started:
+            return
+        async with self._replies_lock:
+            if self._replies_started:
+                return
+            # A passive declare registers the pseudo-queue with the robust channel, which (by
+            # aio-pika's RobustQueue.restore) declares and consumes it again after a reconnect;
+            # no test here drops the client's connection yet.
+            replies = await self.channel.declare_queue(names.DIRECT_REPLY_TO, passive=True)
+            await replies.consume(self._on_reply, no_ack=True)
+            self._replies_started = True
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.get(message.correlation_id or "")
+        if future is None or future.done():
+            return  # the answer to a request that timed out, or to another client's
+        future.set_result(read_outcome(message, message.type or message.routing_key))
+
+    # --- events --------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        routing_keys: Sequence[str] = ("coupon.*",),
+        *,
+        queue: str | None = None,
+        dedupe: int = 0,
+        prefetch: int = 32,
+    ) -> Subscription:
+        """Events on `coupon.events` matching `routing_keys`, each acknowledged only once the
+        loop body that received it finished without error. `queue` names a durable queue of
+        the caller's (events wait there while nobody consumes; name it per service); without
+        it, a temporary queue lives as long as the subscription. `dedupe` remembers that many
+        event message_ids and skips repeats (a republished outcome carries the same id)."""
+        return Subscription(
+            self.connection,
+            self.topology.events_exchange,
+            routing_keys,
+            queue=queue,
+            dedupe=dedupe,
+            prefetch=prefetch,
+        )
 
     async def events(self, pattern: str = "coupon.*") -> AsyncIterator[ReceivedEvent]:
-        """Follow `coupon.events` from now on (an exclusive queue bound with `pattern`)."""
-        exchange = await self.channel.get_exchange(self.topology.events_exchange, ensure=False)
-        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key=pattern)
-        async with queue.iterator() as messages:
-            async for message in messages:
-                await message.ack()
-                yield read_outcome(message, message.routing_key)
+        """Follow `coupon.events` from now on, on a temporary queue (`subscribe` does more)."""
+        async with self.subscribe([pattern]) as subscription:
+            async for received in subscription:
+                yield received

@@ -31,6 +31,10 @@ StartWorker = Callable[..., WorkerProcess]
 
 SERVICE_LOCK = os.environ.get("COUPON_SERVICE_LOCK", "/tmp/coupon-services.lock")
 
+# A client service with a suite of its own, run in its own pytest process by
+# tests/e2e/test_example_service.py; not part of this suite.
+collect_ignore = ["example_service"]
+
 
 @pytest.fixture(autouse=True)
 def service_lock(request: pytest.FixtureRequest) -> Iterator[None]:

@@ -1,4 +1,4 @@
-"""`coupon-worker`: run, migrate, publish, events, prune, schema, healthcheck."""
+"""`coupon-worker`: run, migrate, publish, events, record, replay, prune, schema, healthcheck."""
 
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the contract's JSON Schema")
 
+    from worker.recording_commands import add_parsers as add_recording_parsers
+
+    add_recording_parsers(commands)
+
     health = commands.add_parser("healthcheck", help="exit 0 if the worker's health file is fresh")
     health.add_argument("--max-age", type=float, default=30.0)
     return parser
@@ -126,6 +130,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, scrubber: Secr
         from worker.tools import follow_events
 
         return await follow_events(settings, args.pattern, args.limit)
+    if args.command in ("record", "replay"):
+        from worker.recording_commands import run as run_recording_command
+
+        return await run_recording_command(settings, args)
     if args.command == "healthcheck":
         return _healthcheck(settings, args.max_age)
     if args.command == "prune":

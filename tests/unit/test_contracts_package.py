@@ -30,6 +30,9 @@ PROBE = """
 import json, sys
 import contracts, contracts.commands, contracts.events, contracts.validation
 import contracts.messages, contracts.names, contracts.schema
+import contracts.errors, contracts.received, contracts.recording, contracts.requests
+# The in-memory fake worker and its client need nothing but pydantic either.
+import contracts.testing, contracts.testing.fake, contracts.testing.memory
 print(json.dumps(sorted(sys.modules)))
 """
 
@@ -113,15 +116,33 @@ def _imported_roots(path: Path) -> set[str]:
 
 def test_the_coupon_contracts_distribution_declares_what_its_modules_import() -> None:
     """contracts/pyproject.toml (the client distribution) must declare every third-party
-    import of the package: pydantic for the models, aio-pika only for the client extra."""
+    import of the package: pydantic for the models, aio-pika for the `client` extra, pytest and
+    pytest-asyncio (plus aio-pika) for the `testing` extra, whose real backend alone needs the
+    worker's asyncpg."""
     folder = Path(contracts.__file__).parent
     project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     assert [d.split(">")[0] for d in project["dependencies"]] == ["pydantic"]
-    assert [d.split(">")[0] for d in project["optional-dependencies"]["client"]] == ["aio-pika"]
-    third_party: dict[str, set[str]] = {}
+    assert [d.split(">")[0] for d in extras["client"]] == ["aio-pika"]
+    assert sorted(d.split(">")[0] for d in extras["testing"]) == [
+        "aio-pika",
+        "pytest",
+        "pytest-asyncio",
+    ]
+    assert project["entry-points"]["pytest11"] == {"coupon": "contracts.testing.plugin"}
+
+    def third_party(module: Path) -> set[str]:
+        return _imported_roots(module) - set(sys.stdlib_module_names) - {"contracts"}
+
+    client_modules = {"client.py", "subscription.py", "replay.py"}
     for module in sorted(folder.glob("*.py")):
-        roots = _imported_roots(module) - set(sys.stdlib_module_names) - {"contracts"}
-        third_party[module.name] = roots
-    client = third_party.pop("client.py")
-    assert "aio_pika" in client and client <= {"aio_pika", "pydantic"}, client
-    assert set().union(*third_party.values()) <= {"pydantic", "pydantic_core"}, third_party
+        roots = third_party(module)
+        if module.name in client_modules:
+            assert "aio_pika" in roots and roots <= {"aio_pika", "pydantic"}, module
+        else:
+            assert roots <= {"pydantic", "pydantic_core"}, module
+    for module in sorted((folder / "testing").glob("*.py")):
+        allowed = {"aio_pika", "pydantic", "pytest", "pytest_asyncio"}
+        if module.name == "real.py":
+            allowed.add("asyncpg")
+        assert third_party(module) <= allowed, module

@@ -1,0 +1,211 @@
+"""The two backends behind the plugin's fixtures, with one surface:
+
+- `client`: a `CouponClient` (real) or its in-memory twin, with the same verbs;
+- `publish(message)`: a raw message to `coupon.commands` (for what the typed client refuses to
+  build, such as invalid commands);
+- `replay(path_or_messages)`: one `ReplayOutcome` per command, in command order;
+- `dead_letters()`: the dead-lettered commands so far (taken from the dead-letter queue);
+- `events()`: a started `EventCollector` of everything on `coupon.events`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from contracts.client import CouponClient
+from contracts.commands import Command
+from contracts.messages import CommandMessage
+from contracts.names import Topology
+from contracts.recording import RecordedMessage
+from contracts.replay import Replayer, to_recorded
+from contracts.testing.broker_replay import ReplayError, replay_through_broker
+from contracts.testing.collector import EventCollector
+from contracts.testing.memory import FakeBroker, FakeCouponClient, Unroutable, received_of
+from contracts.testing.outcomes import (
+    ReplayOutcome,
+    outcome_of,
+    prepared_for_replay,
+    replay_messages,
+)
+from contracts.testing.real import RealSettings, WorkerProcess, connect_client
+
+ReplaySource = str | os.PathLike[str] | Iterable[RecordedMessage | CommandMessage | Command]
+
+
+class CouponBackend(Protocol):
+    name: str
+    topology: Topology
+
+    @property
+    def client(self) -> Any: ...
+
+    async def publish(self, message: RecordedMessage) -> None: ...
+
+    async def replay(self, source: ReplaySource) -> list[ReplayOutcome]: ...
+
+    async def dead_letters(self) -> list[RecordedMessage]: ...
+
+    async def events(self) -> EventCollector: ...
+
+    async def delete_queue(self, name: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryBackend:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.topology = Topology(f"mem{uuid.uuid4().hex[:8]}-")
+        self.broker = FakeBroker(self.topology)
+        self._client = FakeCouponClient(self.broker)
+        self._collectors: list[EventCollector] = []
+
+    @property
+    def client(self) -> FakeCouponClient:
+        return self._client
+
+    async def publish(self, message: RecordedMessage) -> None:
+        self.broker.publish(message)
+
+    async def replay(self, source: ReplaySource) -> list[ReplayOutcome]:
+        messages = replay_messages(source, self.topology.commands_exchange)
+        reply_to = f"amq.rabbitmq.reply-to.replay-{uuid.uuid4().hex}"
+        answers: dict[str, RecordedMessage] = {}
+
+        def answer(message: RecordedMessage) -> None:
+            answers.setdefault(str(message.properties.correlation_id), message)
+
+        self.broker.on_reply(reply_to, answer)
+        try:
+            for index, message in enumerate(prepared_for_replay(messages, reply_to)):
+                try:
+                    self.broker.publish(message)
+                except Unroutable:
+                    raise ReplayError(
+                        f"command {index + 1} ({message.routing_key}) reaches no queue"
+                    ) from None
+        finally:
+            self.broker.forget_reply(reply_to)
+        outcomes = []
+        for index, command in enumerate(messages):
+            received = received_of(answers[f"replay-{index}"])
+            error = received.headers.get("x-error")
+            outcomes.append(
+                outcome_of(
+                    command,
+                    received.routing_key,
+                    received.message_id,
+                    None if error is None else str(error),
+                    received.body,
+                )
+            )
+        return outcomes
+
+    async def dead_letters(self) -> list[RecordedMessage]:
+        taken, self.broker.dead_letters[:] = list(self.broker.dead_letters), []
+        return taken
+
+    async def events(self) -> EventCollector:
+        collector = EventCollector()
+        subscription = self._client.subscribe(["#"])
+        await subscription.open()
+        collector.follow(subscription)
+        self._collectors.append(collector)
+        return collector
+
+    async def delete_queue(self, name: str) -> None:
+        self.broker.queues.pop(name, None)
+
+    async def aclose(self) -> None:
+        for collector in self._collectors:
+            await collector.stop()
+
+
+class RealBackend:
+    name = "real"
+
+    def __init__(self, settings: RealSettings) -> None:
+        self.settings = settings
+        self.worker: WorkerProcess | None = None
+        self.topology = Topology(settings.worker_prefix or "")
+        self._client: CouponClient | None = None
+        self._collectors: list[EventCollector] = []
+
+    @classmethod
+    async def start(cls, settings: RealSettings | None = None) -> RealBackend:
+        backend = cls(settings or RealSettings.from_environment())
+        if backend.settings.worker_prefix is None:
+            backend.worker = WorkerProcess(backend.settings)
+            backend.topology = Topology(backend.worker.prefix)
+            try:
+                await backend.worker.start()
+            except BaseException:
+                await backend.worker.stop()
+                raise
+        backend._client = await connect_client(backend.settings, backend.topology.prefix)
+        return backend
+
+    @property
+    def client(self) -> CouponClient:
+        assert self._client is not None, "start() first"
+        return self._client
+
+    async def publish(self, message: RecordedMessage) -> None:
+        channel = await self.client.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        try:
+            await Replayer(channel, exchange=self.topology.commands_exchange).publish(message)
+        finally:
+            await channel.close()
+
+    async def replay(self, source: ReplaySource) -> list[ReplayOutcome]:
+        messages = replay_messages(source, self.topology.commands_exchange)
+        return await replay_through_broker(self.client.connection, self.topology, messages)
+
+    async def dead_letters(self) -> list[RecordedMessage]:
+        channel = await self.client.connection.channel()
+        try:
+            queue = await channel.get_queue(self.topology.dead_queue, ensure=False)
+            taken = []
+            while (message := await queue.get(fail=False, no_ack=False)) is not None:
+                taken.append(to_recorded(message))
+                await message.ack()
+            return taken
+        finally:
+            await channel.close()
+
+    async def events(self) -> EventCollector:
+        collector = EventCollector()
+        subscription = self.client.subscribe(["#"])
+        await subscription.open()  # bound before the fixture returns: nothing is missed
+        collector.follow(subscription)
+        self._collectors.append(collector)
+        return collector
+
+    async def delete_queue(self, name: str) -> None:
+        channel = await self.client.connection.channel()
+        try:
+            await channel.queue_delete(name)
+        finally:
+            await channel.close()
+
+    async def aclose(self) -> None:
+        for collector in self._collectors:
+            await collector.stop()
+        if self._client is not None:
+            await self._client.close()
+        if self.worker is not None:
+            await self.worker.stop()
+
+
+async def open_backend(name: str) -> MemoryBackend | RealBackend:
+    if name == "memory":
+        return MemoryBackend()
+    if name == "real":
+        return await RealBackend.start()
+    raise ValueError(f"unknown coupon backend {name!r}: memory or real")

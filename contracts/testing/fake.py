@@ -1,0 +1,206 @@
+"""An in-memory coupon worker and the little of RabbitMQ it needs (no broker, no database).
+
+It behaves as the contract says the worker does, and is checked against the real worker by the
+conformance tests (tests/conformance/): commands are validated by the contract's own
+`decode_command`; `coupon.create` and `coupon.redeem` are applied once per `message_id` and a
+repeat is answered with the stored outcome (same body, same event `message_id`); `coupon.get` is
+answered fresh and only on `reply_to`; business failures are `coupon.error` events with the
+worker's wording; invalid commands are dead-lettered with `x-error` and `x-error-detail`, and
+their sender is told on `reply_to`. Event ids are uuid5 of the command's `message_id` in the
+worker's namespace, and a new coupon's id is uuid5 of its creating command's `message_id`.
+
+What it does not model: concurrency between batches, redelivery after crashes, delivery limits,
+outages, the `x-death` headers of broker-made dead letters. Use the real backend for those.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from contracts import names
+from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
+from contracts.events import (
+    CouponCreated,
+    CouponError,
+    CouponFound,
+    CouponRedeemed,
+    ErrorKind,
+    Event,
+    InvalidCommandReply,
+)
+from contracts.names import Topology
+from contracts.recording import RecordedMessage, RecordedProperties
+from contracts.validation import InvalidCommand, decode_command
+
+# The worker's namespaces (worker/domain/model.py); tests/unit/test_fake_worker.py keeps them equal.
+EVENT_ID_NAMESPACE: Final = uuid.UUID("6f7c4f0e-2b8a-4d7e-9a51-3c0d8e6b1f42")
+COUPON_ID_NAMESPACE: Final = uuid.UUID("0b9d6c3e-5f1a-4e27-8c4d-2a7e91f0d6b5")
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """AMQP topic matching: `*` is one word, `#` zero or more."""
+
+    def match(words: list[str], keys: list[str]) -> bool:
+        if not words:
+            return not keys
+        head, rest = words[0], words[1:]
+        if head == "#":
+            return any(match(rest, keys[i:]) for i in range(len(keys) + 1))
+        return bool(keys) and head in ("*", keys[0]) and match(rest, keys[1:])
+
+    return match(pattern.split("."), routing_key.split("."))
+
+
+@dataclass
+class _Coupon:
+    id: uuid.UUID
+    code: str
+    init_count: int
+    remaining_count: int
+
+
+@dataclass(frozen=True)
+class _Stored:
+    routing_key: str
+    body: bytes
+
+
+class FakeWorker:
+    """Handles one command message at a time, synchronously, and hands what it publishes to
+    `publish(exchange, routing_key_or_queue, message)` (the fake broker)."""
+
+    def __init__(
+        self, topology: Topology, publish: Callable[[str, str, RecordedMessage], None]
+    ) -> None:
+        self.topology = topology
+        self._publish = publish
+        self.coupons: dict[str, _Coupon] = {}
+        self.processed: dict[str, _Stored] = {}
+
+    def handle(self, message: RecordedMessage) -> None:
+        p = message.properties
+        try:
+            command = decode_command(
+                message.routing_key,
+                message.body_bytes(),
+                message_id=p.message_id,
+                content_type=p.content_type,
+                content_encoding=p.content_encoding,
+                type_=p.type,
+                reply_to=p.reply_to,
+            )
+        except InvalidCommand as invalid:
+            self._dead_letter(message, invalid)
+            return
+        message_id = str(p.message_id)
+        stored = self.processed.get(message_id)
+        if stored is None or isinstance(command, GetCoupon):
+            event = self._apply(command, message_id)
+            stored = _Stored(event.routing_key, event.model_dump_json().encode())
+            if not isinstance(command, GetCoupon):
+                self.processed[message_id] = stored
+        self._publish_outcome(message, stored, broadcast=not isinstance(command, GetCoupon))
+
+    def _apply(self, command: Command, message_id: str) -> Event:
+        code = command.code
+        coupon = self.coupons.get(code)
+        if isinstance(command, CreateCoupon):
+            if coupon is not None:
+                return _error(command, ErrorKind.ALREADY_EXISTS, "already exists")
+            coupon = _Coupon(
+                uuid.uuid5(COUPON_ID_NAMESPACE, message_id),
+                code,
+                command.init_count,
+                command.init_count,
+            )
+            self.coupons[code] = coupon
+            return CouponCreated(
+                id=coupon.id,
+                code=code,
+                init_count=coupon.init_count,
+                remaining_count=coupon.init_count,
+            )
+        if coupon is None:
+            return _error(command, ErrorKind.DOES_NOT_EXIST, "does not exist")
+        if isinstance(command, RedeemCoupon):
+            if coupon.remaining_count <= 0:
+                return _error(command, ErrorKind.EXHAUSTED, "has no redemptions left")
+            coupon.remaining_count -= 1
+            return CouponRedeemed(id=coupon.id, code=code, remaining_count=coupon.remaining_count)
+        return CouponFound(
+            id=coupon.id,
+            code=code,
+            init_count=coupon.init_count,
+            remaining_count=coupon.remaining_count,
+        )
+
+    def _publish_outcome(self, command: RecordedMessage, stored: _Stored, broadcast: bool) -> None:
+        p = command.properties
+        message_id = str(p.message_id)
+        event = RecordedMessage.of(
+            self.topology.events_exchange,
+            stored.routing_key,
+            stored.body,
+            RecordedProperties(
+                message_id=str(uuid.uuid5(EVENT_ID_NAMESPACE, message_id)),
+                correlation_id=p.correlation_id or message_id,
+                type=stored.routing_key,
+                content_type=names.JSON_CONTENT_TYPE,
+                timestamp=datetime.now(UTC).replace(microsecond=0),
+                delivery_mode=2,
+            ),
+            {names.CAUSATION_ID_HEADER: message_id},
+        )
+        if broadcast:
+            self._publish(self.topology.events_exchange, stored.routing_key, event)
+        if p.reply_to:
+            self._publish("", p.reply_to, event)
+
+    def _dead_letter(self, command: RecordedMessage, invalid: InvalidCommand) -> None:
+        headers = dict(command.headers)
+        headers[names.ERROR_HEADER] = str(invalid.code)
+        headers[names.ERROR_DETAIL_HEADER] = invalid.detail
+        copy = command.model_copy(
+            update={
+                "exchange": self.topology.dead_exchange,
+                "headers": headers,
+                "properties": command.properties.model_copy(
+                    update={"delivery_mode": 2, "expiration": None, "user_id": None}
+                ),
+            }
+        )
+        self._publish(self.topology.dead_exchange, command.routing_key, copy)
+        p = command.properties
+        if p.reply_to:
+            reply = InvalidCommandReply(detail=f"{invalid.code}: {invalid.detail}")
+            self._publish(
+                "",
+                p.reply_to,
+                RecordedMessage.of(
+                    "",
+                    names.INVALID,
+                    reply.model_dump_json().encode(),
+                    RecordedProperties(
+                        # aiormq stamps a random message_id on the worker's reply; so does this.
+                        message_id=str(uuid.uuid4()),
+                        correlation_id=p.correlation_id or p.message_id,
+                        type=names.INVALID,
+                        content_type=names.JSON_CONTENT_TYPE,
+                    ),
+                    {names.ERROR_HEADER: str(invalid.code)},
+                ),
+            )
+
+
+def _error(command: Command, kind: ErrorKind, what: str) -> CouponError:
+    # The worker's wording (worker/domain/errors.py).
+    return CouponError(
+        error=kind,
+        detail=f"coupon {command.code!r} {what}",
+        command=command.routing_key,
+        code=command.code,
+    )
