@@ -27,7 +27,7 @@ from contracts.messages import CommandMessage, command_message
 from tests.support.broker import Broker
 from tests.support.database import create_database, drop_database
 from tests.support.worker_process import WorkerProcess
-from worker.db import schema
+from worker.db import migrations
 from worker.db.tables import Coupon, ProcessedCommand
 from worker.settings import Settings
 
@@ -90,7 +90,7 @@ class Bench:
     async def open(self) -> None:
         self.database_url = await create_database(self.admin_database_url, "coupon_bench")
         self.engine = create_async_engine(self.database_url)
-        await schema.upgrade(self.engine)
+        await migrations.upgrade(self.engine)
         async with self.engine.begin() as connection:
             await connection.execute(
                 insert(Coupon),

@@ -1,4 +1,4 @@
-"""In-memory fakes of the domain's ports (worker/domain/ports.py), for unit tests.
+"""In-memory fakes of the ports (worker/domain/ports.py, worker/app/ports.py), for unit tests.
 
 They keep the promises the real adapters make: a duplicate code raises `AlreadyExists`, a
 redeem is all-or-nothing and raises `DoesNotExist` / `Exhausted` exactly as the SQL one does,
@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from worker.app.outcomes import Outcome
+from worker.app.ports import ProcessedCommands, UnitOfWork
 from worker.domain.errors import AlreadyExists, DoesNotExist, Exhausted
-from worker.domain.model import Coupon, Outcome
-from worker.domain.ports import CouponRepository, ProcessedCommands, UnitOfWork
+from worker.domain.model import Coupon
+from worker.domain.ports import CouponRepository
 
 
 @dataclass

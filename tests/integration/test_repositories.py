@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tests.support.database import truncate
+from worker.app.outcomes import Outcome
 from worker.db.repositories import CouponsRepository, ProcessedCommandsRepository
 from worker.db.tables import Coupon
 from worker.domain import model
@@ -215,8 +216,8 @@ async def test_the_unique_code_is_enforced_by_the_database(db: AsyncEngine) -> N
 # --- processed commands ------------------------------------------------------------------
 
 
-def outcome(message_id: str, body: bytes = b'{"ok": true}') -> model.Outcome:
-    return model.Outcome(
+def outcome(message_id: str, body: bytes = b'{"ok": true}') -> Outcome:
+    return Outcome(
         command_message_id=message_id,
         command="coupon.redeem",
         routing_key="coupon.redeemed",

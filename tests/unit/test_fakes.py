@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.fakes import FakeDatabase, FakeUnitOfWork
+from worker.app.outcomes import Outcome
 from worker.domain.errors import AlreadyExists, DoesNotExist, Exhausted
-from worker.domain.model import Outcome
 
 
 async def test_changes_are_visible_only_after_commit() -> None:

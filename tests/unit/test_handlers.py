@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from contracts.commands import CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.events import CouponCreated, CouponError, CouponFound, CouponRedeemed, ErrorKind
 from tests.fakes import FakeDatabase, FakeUnitOfWork
+from worker.app.outcomes import EVENT_ID_NAMESPACE, Outcome
 from worker.domain.handlers import HANDLERS, handle
-from worker.domain.model import EVENT_ID_NAMESPACE, Outcome
 
 
 async def test_create_returns_coupon_created() -> None:

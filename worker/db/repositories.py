@@ -11,6 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from worker.app.outcomes import Outcome
 from worker.db.tables import Base, Coupon, ProcessedCommand
 from worker.domain import model
 from worker.domain.errors import AlreadyExists, DoesNotExist, Exhausted
@@ -86,14 +87,14 @@ class ProcessedCommandsRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def outcomes(self, message_ids: Sequence[str]) -> dict[str, model.Outcome]:
+    async def outcomes(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
         if not message_ids:
             return {}
         rows = await self.session.scalars(
             select(ProcessedCommand).where(ProcessedCommand.message_id.in_(message_ids))
         )
         return {
-            row.message_id: model.Outcome(
+            row.message_id: Outcome(
                 command_message_id=row.message_id,
                 command=row.command,
                 routing_key=row.outcome_type,
@@ -103,7 +104,7 @@ class ProcessedCommandsRepository:
             for row in rows
         }
 
-    async def record(self, outcomes: Sequence[model.Outcome]) -> bool:
+    async def record(self, outcomes: Sequence[Outcome]) -> bool:
         if not outcomes:
             return True
         statement = (

@@ -1,12 +1,12 @@
-"""The abstractions the handlers and the pipeline need; `worker.db` implements them."""
+"""The abstractions the handlers need; `worker.db` implements them (the pipeline's own, the
+stored outcomes, are in `worker.app.ports`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
-from worker.domain.model import Coupon, Outcome
+from worker.domain.model import Coupon
 
 
 class CouponRepository(Protocol):
@@ -20,24 +20,9 @@ class CouponRepository(Protocol):
         """Atomically take one redemption; `DoesNotExist` or `Exhausted` if it cannot."""
 
 
-class ProcessedCommands(Protocol):
-    async def outcomes(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
-        """Stored outcomes of the commands among `message_ids` that were already applied."""
-
-    async def record(self, outcomes: Sequence[Outcome]) -> bool:
-        """Store outcomes in the current transaction.
-
-        False if another transaction recorded one of these commands first: the caller must
-        roll back, because that command's effect is already applied.
-        """
-
-
 class UnitOfWork(Protocol):
     @property
     def coupons(self) -> CouponRepository: ...
-
-    @property
-    def processed(self) -> ProcessedCommands: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -6,17 +6,21 @@ whole batch is one unit of work: its effects and its outcomes commit together, o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from contracts.commands import Command, GetCoupon
 from contracts.events import Event
-from worker.domain.errors import TransientFailure
-from worker.domain.handlers import handle
-from worker.domain.model import Outcome
-from worker.domain.ports import UnitOfWork
-from worker.faults import NO_FAULTS, FaultPlan, FaultPoint
+from worker.app.failures import TransactionConflict
+from worker.app.outcomes import Outcome
+from worker.app.ports import UnitOfWork
+from worker.domain import handlers
+
+# Runs a command's handler on a unit of work: `worker.domain.handlers.handle`, unless the
+# composition root wraps it (fault injection).
+Handle = Callable[[Command, UnitOfWork], Awaitable[Event]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,24 +31,30 @@ class Envelope:
     command: Command
 
 
+class BatchProcessor(Protocol):
+    """What the consumer needs of the pipeline."""
+
+    async def process(self, batch: Sequence[Envelope]) -> list[Outcome]: ...
+
+
 class Pipeline:
     def __init__(
         self,
         unit_of_work: Callable[[], UnitOfWork],
-        faults: FaultPlan = NO_FAULTS,
+        handle: Handle = handlers.handle,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._unit_of_work = unit_of_work
-        self._faults = faults
+        self._handle = handle
         self._clock = clock
 
     async def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
         """Apply every command not applied before, answer the others from their stored outcome.
 
-        Raises `TransientFailure` when the batch must simply be tried again (the database is
-        unreachable, or a concurrent delivery of one of these commands committed first).
+        Raises a `TransientFailure` when the batch must simply be tried again: the database is
+        unreachable (`DependencyUnavailable`), or a concurrent transaction, possibly a
+        concurrent delivery of one of these commands, committed first (`TransactionConflict`).
         """
-        codes = [envelope.command.code for envelope in batch]
         # Reads are naturally idempotent: `coupon.get` is answered fresh and not recorded.
         writes = list(dict.fromkeys(e.message_id for e in batch if not _is_read(e.command)))
         async with self._unit_of_work() as uow:
@@ -55,18 +65,15 @@ class Pipeline:
             for envelope in sorted(batch, key=lambda e: e.command.code):
                 if envelope.message_id in results:
                     continue  # applied before, or earlier in this very batch
-                self._faults.hit(FaultPoint.HANDLE, [envelope.command.code])
-                outcome = self._outcome(envelope, await handle(envelope.command, uow))
+                outcome = self._outcome(envelope, await self._handle(envelope.command, uow))
                 results[envelope.message_id] = outcome
                 if outcome.broadcast:
                     fresh.append(outcome)
             if not await uow.processed.record(fresh):
-                raise TransientFailure(
-                    "a concurrent delivery of the same command committed first", outage=False
+                raise TransactionConflict(
+                    "a concurrent delivery of the same command committed first"
                 )
-            self._faults.hit(FaultPoint.BEFORE_COMMIT, codes)
             await uow.commit()
-        self._faults.hit(FaultPoint.AFTER_COMMIT, codes)
         return [results[envelope.message_id] for envelope in batch]
 
     def _outcome(self, envelope: Envelope, event: Event) -> Outcome:

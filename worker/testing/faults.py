@@ -1,0 +1,186 @@
+"""Fault injection for the fault-test suite: crash or fail at the exact worst points.
+
+Off unless `WORKER_FAULT_PLAN` is set, and even then it can only ever touch coupons whose code
+starts with `fault-`, so a stray variable in production cannot hurt real coupons. A worker
+with a plan logs a warning at start-up.
+
+Plan syntax: comma-separated `point:action:code`, e.g.
+`after_commit:crash:fault-a,handle:raise:fault-poison`.
+
+The points are reached through decorators (`FaultInjection`) around the handler, the unit of
+work and the publisher, which only the composition root (`worker.entrypoints.run`) applies, and
+only when a plan is set: no production class knows of faults.
+- `handle`: before the command's handler runs, inside the transaction;
+- `before_commit` / `after_commit`: around the commit of a transaction that handled the code
+  (a command answered from its stored outcome is not handled again, and does not reach them);
+- `after_publish`: every outcome of the batch confirmed, no command acknowledged yet. A `raise`
+  there reads to the worker as a publish that failed: the batch is returned to the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import Final, Self
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from contracts.commands import Command
+from contracts.events import Event
+from worker.app.outcomes import Outcome
+from worker.app.pipeline import Handle
+from worker.app.ports import ProcessedCommands, UnitOfWork
+from worker.domain.ports import CouponRepository
+from worker.messaging.settlement import OutcomePublisher
+
+SAFE_CODE_PREFIX: Final = "fault-"
+
+
+class FaultPoint(StrEnum):
+    HANDLE = "handle"  # while the command's handler runs, inside the transaction
+    BEFORE_COMMIT = "before_commit"  # effects written, transaction not yet committed
+    AFTER_COMMIT = "after_commit"  # committed, outcome not yet published
+    AFTER_PUBLISH = "after_publish"  # outcome confirmed by the broker, command not yet acked
+
+
+class FaultAction(StrEnum):
+    CRASH = "crash"  # SIGKILL this process: no cleanup, no goodbye to the broker
+    RAISE = "raise"  # an unexpected exception
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    point: FaultPoint
+    action: FaultAction
+    code: str
+
+
+class FaultPlan:
+    def __init__(self, faults: Iterable[Fault] = ()) -> None:
+        self.faults = tuple(faults)
+
+    @classmethod
+    def parse(cls, spec: str) -> FaultPlan:
+        faults = []
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            try:
+                point, action, code = item.split(":", 2)
+                fault = Fault(FaultPoint(point), FaultAction(action), code)
+            except ValueError:
+                raise ValueError(f"bad fault {item!r}: expected point:action:code") from None
+            if not code.startswith(SAFE_CODE_PREFIX):
+                raise ValueError(f"fault codes must start with {SAFE_CODE_PREFIX!r}: {code!r}")
+            faults.append(fault)
+        return cls(faults)
+
+    def __bool__(self) -> bool:
+        return bool(self.faults)
+
+    def hit(self, point: FaultPoint, codes: Iterable[str]) -> None:
+        if not self.faults:
+            return
+        present = set(codes)
+        for fault in self.faults:
+            if fault.point is point and fault.code in present:
+                if fault.action is FaultAction.CRASH:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise InjectedFault(f"injected fault at {point} for {fault.code}")
+
+
+NO_FAULTS: Final = FaultPlan()
+
+
+class FaultInjection:
+    """Decorators that make `plan` fire at its points; applied by the composition root."""
+
+    def __init__(self, plan: FaultPlan) -> None:
+        self.plan = plan
+
+    def handle(self, handle: Handle) -> Handle:
+        async def faulty(command: Command, uow: UnitOfWork) -> Event:
+            if isinstance(uow, FaultyUnitOfWork):
+                uow.handled.append(command.code)
+            self.plan.hit(FaultPoint.HANDLE, [command.code])
+            return await handle(command, uow)
+
+        return faulty
+
+    def unit_of_work(self, factory: Callable[[], UnitOfWork]) -> Callable[[], UnitOfWork]:
+        return lambda: FaultyUnitOfWork(factory(), self.plan)
+
+    def publisher(self, publisher: OutcomePublisher) -> OutcomePublisher:
+        return FaultyPublisher(publisher, self.plan)
+
+
+class FaultyUnitOfWork:
+    """A unit of work that reaches `before_commit` and `after_commit` for the codes handled in
+    it (the faulty handler records them)."""
+
+    def __init__(self, inner: UnitOfWork, plan: FaultPlan) -> None:
+        self._inner = inner
+        self._plan = plan
+        self._committed = False
+        self.handled: list[str] = []
+
+    @property
+    def coupons(self) -> CouponRepository:
+        return self._inner.coupons
+
+    @property
+    def processed(self) -> ProcessedCommands:
+        return self._inner.processed
+
+    async def __aenter__(self) -> Self:
+        await self._inner.__aenter__()
+        self._committed = False
+        self.handled = []
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._inner.__aexit__(exc_type, exc, tb)
+        if exc is None and self._committed:
+            self._plan.hit(FaultPoint.AFTER_COMMIT, self.handled)
+
+    async def commit(self) -> None:
+        self._plan.hit(FaultPoint.BEFORE_COMMIT, self.handled)
+        await self._inner.commit()
+        self._committed = True
+
+
+class FaultyPublisher:
+    """A publisher that reaches `after_publish` once a batch's outcomes are all confirmed."""
+
+    def __init__(self, inner: OutcomePublisher, plan: FaultPlan) -> None:
+        self._inner = inner
+        self._plan = plan
+
+    async def publish_outcomes(
+        self, answers: Sequence[tuple[AbstractIncomingMessage, Outcome]]
+    ) -> None:
+        await self._inner.publish_outcomes(answers)
+        self._plan.hit(FaultPoint.AFTER_PUBLISH, [_code(command) for command, _ in answers])
+
+    async def dead_letter(
+        self, command: AbstractIncomingMessage, error: str, detail: str, reply_error: str
+    ) -> None:
+        await self._inner.dead_letter(command, error, detail, reply_error)
+
+
+def _code(command: AbstractIncomingMessage) -> str:
+    """The coupon code of a command the worker decoded already (so its body is valid)."""
+    code = json.loads(command.body).get("code")
+    return code if isinstance(code, str) else ""
