@@ -14,6 +14,9 @@ what it returns to the queue when its grace period runs out.
 Batch-shaped on purpose: `answer` publishes a batch's outcomes and then acknowledges the batch,
 so that publishing with one confirm wait and acknowledging with `multiple=True` stay changes
 inside this module and the publisher.
+
+A little over 200 lines: the guard, the fates and the unsettled set are one promise, kept
+together so that it can be read (and checked) in one place.
 """
 
 from __future__ import annotations
