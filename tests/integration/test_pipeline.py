@@ -19,7 +19,8 @@ from worker.db.repositories import ProcessedCommandsRepository
 from worker.db.tables import Coupon, ProcessedCommand
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.handlers import handle
-from worker.testing.faults import FaultInjection, FaultPlan, InjectedFault
+from worker.testing.faults import FaultPlan, InjectedFault
+from worker.testing.injection import FaultInjection
 
 Sessions = async_sessionmaker[AsyncSession]
 

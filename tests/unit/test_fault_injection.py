@@ -9,7 +9,8 @@ from contracts.commands import CreateCoupon
 from tests.fakes import FakeDatabase, FakeUnitOfWork
 from worker.app.pipeline import Envelope, Pipeline
 from worker.domain.handlers import handle
-from worker.testing.faults import FaultInjection, FaultPlan, InjectedFault
+from worker.testing.faults import FaultPlan, InjectedFault
+from worker.testing.injection import FaultInjection
 
 
 def faulty_pipeline(database: FakeDatabase, plan: str) -> Pipeline:

@@ -14,7 +14,8 @@ from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import Envelope, Pipeline
 from worker.domain.handlers import handle
-from worker.testing.faults import FaultInjection, FaultPlan, FaultPoint, InjectedFault
+from worker.testing.faults import FaultPlan, FaultPoint, InjectedFault
+from worker.testing.injection import FaultInjection
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -28,7 +28,8 @@ from worker.messaging.consumer import Consumer
 from worker.messaging.publisher import Publisher
 from worker.messaging.settlement import OutcomePublisher
 from worker.settings import Settings, redact_url
-from worker.testing.faults import FaultInjection, FaultPlan
+from worker.testing.faults import FaultPlan
+from worker.testing.injection import FaultInjection
 
 log = structlog.stdlib.get_logger("worker")
 
