@@ -29,16 +29,14 @@ COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 
-# Then the project itself, installed in project (editable) mode in /app: the worker finds
-# alembic.ini and migrations/ next to its own package (worker/db/schema.py, PROJECT_ROOT),
-# which is what `coupon-worker migrate` and `run --migrate` need.
-COPY README.md alembic.ini ./
+# Then the project itself, installed as a wheel (not editable): the alembic environment and
+# revisions ship inside the package (worker/db/alembic), found as a package resource by
+# `coupon-worker migrate` and `run --migrate`, so the image needs no source tree.
+COPY README.md ./
 COPY contracts ./contracts
 COPY worker ./worker
-COPY migrations ./migrations
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev \
-    && .venv/bin/python -m compileall -q contracts worker migrations
+    uv sync --frozen --no-dev --no-editable
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime
@@ -47,7 +45,7 @@ RUN groupadd --system --gid 10001 coupon \
        --shell /usr/sbin/nologin coupon
 WORKDIR /app
 # Owned by root and read-only to the worker's user: the process cannot rewrite its own code.
-COPY --from=builder /app /app
+COPY --from=builder /app/.venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -24,9 +24,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
 from tests.support.database import create_database, drop_database
-from worker.db import schema
+from worker.app.pipeline import Envelope, Pipeline
+from worker.db import migrations
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
-from worker.pipeline import Envelope, Pipeline
 
 
 def workload(batch_size: int) -> list[list[Envelope]]:
@@ -74,7 +74,7 @@ async def main(batch_size: int) -> str:
     url = await create_database(admin_url, prefix="coupon_profile")
     engine = create_async_engine(url, pool_size=4, max_overflow=0)
     try:
-        await schema.upgrade(engine)
+        await migrations.upgrade(engine)
         pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(async_sessionmaker(engine)))
         batches = workload(batch_size)
         await pipeline.process([Envelope("warm-up", GetCoupon(code="none"))])

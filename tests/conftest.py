@@ -24,7 +24,7 @@ from tests.support.broker import Broker
 from tests.support.database import create_database, drop_database, truncate
 from tests.support.services import Services, ServicesUnavailable, provide_services
 from tests.support.worker_process import WorkerProcess
-from worker.db import schema
+from worker.db import migrations
 from worker.settings import Settings
 
 StartWorker = Callable[..., WorkerProcess]
@@ -67,7 +67,7 @@ async def database_url(services: Services) -> AsyncIterator[str]:
     url = await create_database(services.database_url)
     engine = create_async_engine(url)
     try:
-        await schema.upgrade(engine)
+        await migrations.upgrade(engine)
     finally:
         await engine.dispose()
     yield url

@@ -1,9 +1,9 @@
-"""In-memory fakes of the domain's ports (worker/domain/ports.py), for unit tests.
+"""In-memory fakes of the ports (worker/domain/ports.py, worker/app/ports.py), for unit tests.
 
 They keep the promises the real adapters make (tests/integration/test_storage_contract.py runs
 the same tests against both): coupons are loaded and locked in code order, a code created by a
 concurrent transaction or a guarded redeem that cannot be taken is a conflict
-(`TransientFailure`), recording a command twice reports the conflict, and nothing a unit of
+(`TransactionConflict`), recording a command twice reports the conflict, and nothing a unit of
 work did is visible to anyone else until it commits (leaving without `commit()` discards it).
 
 Concurrent units of work behave as they do on PostgreSQL: a write to a coupon (or to a
@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from worker.domain.errors import TransientFailure
-from worker.domain.model import Coupon, Outcome
-from worker.domain.ports import CouponRepository, ProcessedCommands, UnitOfWork
+from worker.app.failures import TransactionConflict
+from worker.app.outcomes import Outcome
+from worker.app.ports import ProcessedCommands, UnitOfWork
+from worker.domain.model import Coupon
+from worker.domain.ports import CouponRepository
 
 
 @dataclass
@@ -86,9 +88,7 @@ class FakeCouponsRepository:
         for coupon in sorted(coupons, key=lambda c: c.code):
             await self._transaction.lock(("coupon", coupon.code))  # the unique index entry
             if self._find(coupon.code) is not None:
-                raise TransientFailure(
-                    "a concurrent transaction created the same code", outage=False
-                )
+                raise TransactionConflict("a concurrent transaction created the same code")
             self.staged[coupon.code] = coupon
 
     async def redeem_many(self, taken: Mapping[str, int]) -> None:
@@ -98,7 +98,7 @@ class FakeCouponsRepository:
             await self._transaction.lock(("coupon", code))
             coupon = self._find(code)
             if coupon is None or coupon.remaining_count < taken[code]:
-                raise TransientFailure("a coupon changed under the batch's lock", outage=False)
+                raise TransactionConflict("a coupon changed under the batch's lock")
             changed[code] = dataclasses.replace(
                 coupon, remaining_count=coupon.remaining_count - taken[code]
             )

@@ -83,7 +83,3 @@ def message_context(context: Mapping[str, Any]) -> Iterator[None]:
     (`message_id`, `correlation_id`, `routing_key`); the binding ends with the block."""
     with structlog.contextvars.bound_contextvars(**context):
         yield
-
-
-def get_logger(name: str) -> Any:
-    return structlog.stdlib.get_logger(name)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import ssl
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated
 from urllib.parse import unquote
 
 from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from yarl import URL
 
 
 class LogFormat(StrEnum):
@@ -64,7 +64,8 @@ class Settings(BaseSettings):
         default=None, description="touched every few seconds while the worker consumes"
     )
 
-    # Fault injection for the fault-test suite; see worker/faults.py. Never set in production.
+    # Fault injection for the fault-test suite (worker/testing/faults.py), wired only by the
+    # composition root (worker/entrypoints/run.py). Never set in production.
     fault_plan: str = ""
 
     @field_validator("amqp_url")
@@ -117,55 +118,64 @@ class Settings(BaseSettings):
         return level
 
 
-# libpq and asyncpg also take the password as a query parameter (`?password=...`).
-_QUERY_PASSWORD: Final = re.compile(r"([?&][^=&#]*password[^=&#]*=)([^&#]*)", re.IGNORECASE)
+def _parsed(url: str) -> URL | None:
+    """The URL as yarl reads it (as aiormq does AMQP_URL), or None if it is not an absolute
+    URL with a host."""
+    try:
+        parsed = URL(url)
+        return parsed if parsed.absolute and parsed.scheme else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _is_password_parameter(name: str) -> bool:
+    # libpq and asyncpg also take the password as a query parameter (`?password=...`).
+    return "password" in name.lower()
 
 
 def redact_url(url: str) -> str:
     """`scheme://user:***@host:port/path`: where a URL points, without its password."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
+    parsed = _parsed(url)
+    if parsed is None:
         return "***"
-    rest = _QUERY_PASSWORD.sub(r"\1***", rest)
-    credentials, at, location = rest.rpartition("@")
-    if not at:
-        return f"{scheme}://{rest}"
-    user = credentials.split(":", 1)[0]
-    return (
-        f"{scheme}://{user}:***@{location}"
-        if ":" in credentials
-        else f"{scheme}://{user}@{location}"
-    )
+    if parsed.password is not None:
+        parsed = parsed.with_password("***")
+    if any(_is_password_parameter(name) for name in parsed.query):
+        parsed = parsed.with_query(
+            [
+                (name, "***" if _is_password_parameter(name) else value)
+                for name, value in parsed.query.items()
+            ]
+        )
+    # An '@' that yarl did not take for the end of the credentials: a password with '/', '?'
+    # or '#' written unencoded ends the authority early, and may show in the path.
+    if parsed.raw_user is None and parsed.raw_password is None and "@" in url:
+        return "***"
+    return str(parsed)
 
 
 def url_password(url: str) -> str | None:
     """The password embedded in a URL, so that logs can scrub it wherever it turns up."""
-    _, _, rest = url.partition("://")
-    credentials, at, _ = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return None
-    password = credentials.split(":", 1)[1]
-    return unquote(password) or None
+    parsed = _parsed(url)
+    return (parsed.password or None) if parsed is not None else None
 
 
-def _query_passwords(url: str) -> list[str]:
-    found: list[str] = []
-    for match in _QUERY_PASSWORD.finditer(url):
-        raw = match.group(2)
-        found.extend(value for value in {raw, unquote(raw)} if value)
-    return found
+def _url_secrets(url: str) -> list[str]:
+    """The URL's password and its password parameters, each decoded and as written."""
+    parsed = _parsed(url)
+    if parsed is None:
+        return []
+    found = [parsed.password or "", parsed.raw_password or ""]
+    for pair in parsed.raw_query_string.split("&"):
+        name, _, raw = pair.partition("=")
+        if _is_password_parameter(unquote(name)):
+            found += [raw, unquote(raw)]
+    return list(dict.fromkeys(secret for secret in found if secret))
 
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value that must never reach a log line or an error message."""
     found: list[str] = []
     for url in (settings.amqp_url, settings.database_url):
-        raw = url.get_secret_value()
-        password = url_password(raw)
-        if password:
-            found.append(password)
-            encoded = raw.partition("://")[2].rpartition("@")[0].split(":", 1)[1]
-            if encoded != password:
-                found.append(encoded)
-        found.extend(_query_passwords(raw))
+        found.extend(_url_secrets(url.get_secret_value()))
     return found

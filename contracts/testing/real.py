@@ -85,7 +85,7 @@ class WorkerProcess:
                 "(or DATABASE_URL), e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
             )
         # The worker's dependency: the real backend needs the worker installed anyway.
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         name = f"coupon_plugin_{uuid.uuid4().hex[:10]}"
         admin = await asyncpg.connect(_asyncpg_url(self.settings.database_url))

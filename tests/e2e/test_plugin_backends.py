@@ -3,7 +3,7 @@ and what it leaves behind when it starts its own."""
 
 from __future__ import annotations
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 

@@ -27,10 +27,10 @@ from tests.conftest import StartWorker
 from tests.support.broker import Broker
 from tests.support.ledger import _reason
 from tests.support.services import Services
+from worker.app.outcomes import Outcome
 from worker.db.repositories import CouponsRepository, ProcessedCommandsRepository
 from worker.db.tables import Coupon, ProcessedCommand
 from worker.domain.model import Coupon as CouponModel
-from worker.domain.model import Outcome
 
 pytestmark = pytest.mark.faults
 

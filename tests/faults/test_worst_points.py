@@ -1,7 +1,8 @@
 """Crash at the exact worst points, made deterministic by the fault-injection seam.
 
 `WORKER_FAULT_PLAN=point:crash:code` SIGKILLs the worker whenever a command on `code` reaches
-`point` (worker/faults.py; it fires every time, so the restarted worker runs without a plan).
+`point` (worker/testing/faults.py; it fires every time, so the restarted worker runs without a
+plan).
 The fault commands travel in one batch with ordinary ones, so the whole batch dies with them.
 """
 
@@ -19,7 +20,7 @@ from tests.conftest import StartWorker
 from tests.support.broker import Broker
 from tests.support.ledger import Ledger
 from worker.db.tables import Coupon, ProcessedCommand
-from worker.faults import FaultPoint
+from worker.testing.faults import FaultPoint
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 

@@ -18,7 +18,7 @@ from tests.support.broker import Broker
 from tests.support.database import create_database, drop_database
 from tests.support.services import Services
 from tests.support.worker_process import WorkerProcess
-from worker.db import schema
+from worker.db import migrations
 
 AMQP_PASSWORD = "amqp-Pw-4f1c9e"
 PG_PASSWORD = "pg-Pw-77d0aa"
@@ -104,10 +104,10 @@ async def test_run_refuses_an_unmigrated_database(
         WORKER_NAME_PREFIX=prefix,
     )
     line = assert_one_clear_line(result, "no coupon schema", "coupon-worker migrate", "--migrate")
-    assert schema.head_revision() in line
+    assert migrations.head_revision() in line
     engine = create_async_engine(unmigrated_database)
     try:
-        assert await schema.current_revision(engine) is None, "run must not migrate by itself"
+        assert await migrations.current_revision(engine) is None, "run must not migrate by itself"
     finally:
         await engine.dispose()
 
@@ -129,7 +129,7 @@ async def test_run_with_migrate_upgrades_then_consumes(
         await worker.wait_ready(within=60)
         engine = create_async_engine(unmigrated_database)
         try:
-            assert await schema.current_revision(engine) == schema.head_revision()
+            assert await migrations.current_revision(engine) == migrations.head_revision()
         finally:
             await engine.dispose()
         assert await worker.stop(within=60) == 0

@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from contracts.commands import CreateCoupon, RedeemCoupon
+from worker.app.pipeline import Envelope, Pipeline
 from worker.db.repositories import CouponsRepository
 from worker.db.tables import Coupon
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.model import Coupon as CouponModel
-from worker.pipeline import Envelope, Pipeline
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -122,7 +122,7 @@ async def test_concurrent_batches_in_opposite_orders_never_deadlock(
             descending = [Envelope(f"d{round_}-{c}", RedeemCoupon(code=c)) for c in codes[::-1]]
             barrier = asyncio.Barrier(2)
             pipeline = Pipeline(lambda: TogetherUnitOfWork(sessions, barrier))  # noqa: B023
-            async with asyncio.timeout(60):  # a deadlock raises TransientFailure here
+            async with asyncio.timeout(60):  # a deadlock raises TransactionConflict here
                 await asyncio.gather(pipeline.process(ascending), pipeline.process(descending))
     finally:
         await engine.dispose()

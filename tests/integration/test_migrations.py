@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tests.support.database import create_database, drop_database
 from tests.support.services import Services
-from worker.db import schema
+from worker.db import migrations
 from worker.db.tables import Base
 
 # Catalog queries: fixed text, nothing interpolated.
@@ -74,13 +74,13 @@ async def test_upgrade_from_empty_downgrade_to_base_and_upgrade_again(
     empty_engine: AsyncEngine,
 ) -> None:
     assert await rows(empty_engine, TABLES) == []
-    assert await schema.current_revision(empty_engine) is None
+    assert await migrations.current_revision(empty_engine) is None
 
-    migration = await schema.upgrade(empty_engine)
-    assert migration == schema.Migration(before=None, after=schema.head_revision())
+    migration = await migrations.upgrade(empty_engine)
+    assert migration == migrations.Migration(before=None, after=migrations.head_revision())
     assert migration.changed
-    assert await schema.current_revision(empty_engine) == schema.head_revision()
-    await schema.ensure_current(empty_engine)
+    assert await migrations.current_revision(empty_engine) == migrations.head_revision()
+    await migrations.ensure_current(empty_engine)
     assert [t for (t,) in await rows(empty_engine, TABLES)] == [
         "alembic_version",
         "coupon",
@@ -116,9 +116,9 @@ async def test_upgrade_from_empty_downgrade_to_base_and_upgrade_again(
     assert columns[("processed_command", "processed_at")] == ("timestamp with time zone", "NO")
     assert await model_differences(empty_engine) == []
 
-    assert not (await schema.upgrade(empty_engine)).changed  # already at head
-    assert await schema.downgrade(empty_engine, "base") == schema.Migration(
-        before=schema.head_revision(), after=None
+    assert not (await migrations.upgrade(empty_engine)).changed  # already at head
+    assert await migrations.downgrade(empty_engine, "base") == migrations.Migration(
+        before=migrations.head_revision(), after=None
     )
     assert [t for (t,) in await rows(empty_engine, TABLES)] == ["alembic_version"]
     assert [table for _, _, table, _ in await rows(empty_engine, CONSTRAINTS)] == [
@@ -127,15 +127,15 @@ async def test_upgrade_from_empty_downgrade_to_base_and_upgrade_again(
     assert "ix_processed_command_processed_at" not in [
         i for (i,) in await rows(empty_engine, INDEXES)
     ]
-    assert await schema.current_revision(empty_engine) is None
+    assert await migrations.current_revision(empty_engine) is None
     # The comparison sees real differences (so its empty answers above mean something).
     missing = {
         diff[1].name for diff in await model_differences(empty_engine) if diff[0] == "add_table"
     }
     assert missing == {"coupon", "processed_command"}
 
-    await schema.upgrade(empty_engine)
-    assert await schema.current_revision(empty_engine) == schema.head_revision()
+    await migrations.upgrade(empty_engine)
+    assert await migrations.current_revision(empty_engine) == migrations.head_revision()
     assert await model_differences(empty_engine) == []
 
 
@@ -143,9 +143,9 @@ async def test_upgrade_from_empty_downgrade_to_base_and_upgrade_again(
 async def test_replicas_migrating_together_do_not_race(empty_database: str) -> None:
     engines = [create_async_engine(empty_database) for _ in range(3)]
     try:
-        await asyncio.gather(*(schema.upgrade(engine) for engine in engines))
+        await asyncio.gather(*(migrations.upgrade(engine) for engine in engines))
         for engine in engines:
-            assert await schema.current_revision(engine) == schema.head_revision()
+            assert await migrations.current_revision(engine) == migrations.head_revision()
     finally:
         for engine in engines:
             await engine.dispose()
@@ -157,11 +157,11 @@ async def test_the_models_and_the_migrations_agree(engine: AsyncEngine) -> None:
 
 
 async def test_ensure_current_refuses_an_unmigrated_database(empty_engine: AsyncEngine) -> None:
-    with pytest.raises(schema.SchemaMismatch) as raised:
-        await schema.ensure_current(empty_engine)
+    with pytest.raises(migrations.SchemaMismatch) as raised:
+        await migrations.ensure_current(empty_engine)
     message = str(raised.value)
     assert "no coupon schema" in message
-    assert schema.head_revision() in message
+    assert migrations.head_revision() in message
     assert "coupon-worker migrate" in message and "--migrate" in message
     assert "\n" not in message
 
@@ -169,11 +169,11 @@ async def test_ensure_current_refuses_an_unmigrated_database(empty_engine: Async
 async def test_ensure_current_refuses_a_schema_from_a_newer_worker(
     empty_engine: AsyncEngine,
 ) -> None:
-    await schema.upgrade(empty_engine)
+    await migrations.upgrade(empty_engine)
     version = Table("alembic_version", MetaData(), Column("version_num", String(32)))
     async with empty_engine.begin() as connection:
         await connection.execute(update(version).values(version_num="ffffffffffff"))
-    with pytest.raises(schema.SchemaMismatch) as raised:
-        await schema.ensure_current(empty_engine)
+    with pytest.raises(migrations.SchemaMismatch) as raised:
+        await migrations.ensure_current(empty_engine)
     assert "ffffffffffff" in str(raised.value)
     assert "newer worker" in str(raised.value)

@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tests.support.database import truncate
+from worker.app.outcomes import Outcome
 from worker.db.repositories import CouponsRepository, ProcessedCommandsRepository
 from worker.db.tables import Coupon
 from worker.domain import model
@@ -33,8 +34,8 @@ def coupon(code: str, init_count: int) -> model.Coupon:
     return model.Coupon(uuid.uuid4(), code, init_count, init_count)
 
 
-def outcome(message_id: str) -> model.Outcome:
-    return model.Outcome(
+def outcome(message_id: str) -> Outcome:
+    return Outcome(
         command_message_id=message_id,
         command="coupon.redeem",
         routing_key="coupon.redeemed",

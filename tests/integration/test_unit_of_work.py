@@ -10,8 +10,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from worker.app.failures import (
+    DependencyUnavailable,
+    TransactionConflict,
+    TransientFailure,
+)
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
-from worker.domain.errors import TransientFailure
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -22,22 +26,22 @@ def _raising(sqlstate: str) -> str:
 
 # The statements are fixed test data (no input reaches them); DO blocks take no parameters.
 @pytest.mark.parametrize(
-    ("statement", "outage"),
+    ("statement", "kind"),
     [
-        (_raising("40001"), False),  # serialization failure
-        (_raising("40P01"), False),  # deadlock
-        (_raising("57P01"), True),  # admin shutdown
-        (_raising("08006"), True),  # connection failure
-        (_raising("53300"), True),  # too many connections
+        (_raising("40001"), TransactionConflict),  # serialization failure
+        (_raising("40P01"), TransactionConflict),  # deadlock
+        (_raising("57P01"), DependencyUnavailable),  # admin shutdown
+        (_raising("08006"), DependencyUnavailable),  # connection failure
+        (_raising("53300"), DependencyUnavailable),  # too many connections
     ],
 )
 async def test_transient_database_errors_become_transient_failures(
-    sessions: Sessions, statement: str, outage: bool
+    sessions: Sessions, statement: str, kind: type[TransientFailure]
 ) -> None:
     with pytest.raises(TransientFailure) as raised:
         async with SqlAlchemyUnitOfWork(sessions) as uow:
             await uow.coupons.session.execute(text(statement))
-    assert raised.value.outage is outage
+    assert type(raised.value) is kind
 
 
 async def test_other_database_errors_stay_what_they_are(sessions: Sessions) -> None:

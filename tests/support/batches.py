@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from hypothesis import strategies as st
 
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
-from worker.domain.model import Outcome
-from worker.pipeline import Envelope, Pipeline
+from worker.app.outcomes import Outcome
+from worker.app.pipeline import Envelope, Pipeline
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

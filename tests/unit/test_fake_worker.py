@@ -10,11 +10,12 @@ import pytest
 
 import contracts.testing
 from contracts.testing.fake import COUPON_ID_NAMESPACE, EVENT_ID_NAMESPACE, topic_matches
+from worker.app import outcomes
 from worker.domain import model
 
 
 def test_event_ids_use_the_workers_namespace() -> None:
-    assert EVENT_ID_NAMESPACE == model.EVENT_ID_NAMESPACE
+    assert EVENT_ID_NAMESPACE == outcomes.EVENT_ID_NAMESPACE
 
 
 def test_coupon_ids_use_the_workers_namespace() -> None:

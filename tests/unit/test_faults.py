@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from worker.faults import (
+from worker.settings import Settings
+from worker.testing.faults import (
     NO_FAULTS,
     Fault,
     FaultAction,
@@ -16,7 +17,6 @@ from worker.faults import (
     FaultPoint,
     InjectedFault,
 )
-from worker.settings import Settings
 
 
 def test_a_plan_lists_its_faults_in_order() -> None:
@@ -77,7 +77,7 @@ def test_raise_fires_only_at_its_point_for_its_code() -> None:
 
 def test_crash_kills_the_process_without_cleanup() -> None:
     probe = (
-        "from worker.faults import FaultPlan, FaultPoint\n"
+        "from worker.testing.faults import FaultPlan, FaultPoint\n"
         "plan = FaultPlan.parse('after_publish:crash:fault-z')\n"
         "plan.hit(FaultPoint.AFTER_PUBLISH, ['fault-y'])\n"
         "print('survived unrelated code', flush=True)\n"

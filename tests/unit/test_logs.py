@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from worker.logs import SecretScrubber, configure_logging, get_logger, message_context
+from worker.logs import SecretScrubber, configure_logging, message_context
 from worker.settings import LogFormat, Settings, secrets_of
 
 PASSWORD = "rabbit-s3cret-pw"
@@ -53,7 +53,7 @@ def lines(stream: io.StringIO) -> list[str]:
 def test_json_lines_never_contain_a_password() -> None:
     stream = io.StringIO()
     configure_logging(LogFormat.JSON, "INFO", secrets(), stream=stream)
-    log = get_logger("test.scrubber")
+    log = structlog.stdlib.get_logger("test.scrubber")
     with message_context({"message_id": "m-1", "correlation_id": "c-1"}):
         log.info("connected", url=f"amqp://app:{PASSWORD}@mq:5672/", note=f"pw={PG_PASSWORD}")
     log.warning("retrying", dsn=f"postgresql+asyncpg://app:{PG_ENCODED}@db:5432/coupons")
@@ -81,7 +81,7 @@ def test_json_lines_never_contain_a_password() -> None:
 def test_console_lines_never_contain_a_password() -> None:
     stream = io.StringIO()
     configure_logging(LogFormat.CONSOLE, "INFO", secrets(), stream=stream)
-    log = get_logger("test.scrubber.console")
+    log = structlog.stdlib.get_logger("test.scrubber.console")
     try:
         raise RuntimeError(f"dsn app:{PG_PASSWORD}@db")
     except RuntimeError:
@@ -96,7 +96,7 @@ def test_console_lines_never_contain_a_password() -> None:
 def test_the_level_filters() -> None:
     stream = io.StringIO()
     configure_logging(LogFormat.JSON, "WARNING", [], stream=stream)
-    log = get_logger("test.level")
+    log = structlog.stdlib.get_logger("test.level")
     log.info("hidden")
     log.warning("shown")
     assert [json.loads(line)["event"] for line in lines(stream)] == ["shown"]

@@ -20,15 +20,24 @@ from tests.support.batches import (
     one_by_one,
     wire,
 )
-from worker.domain.errors import TransientFailure
-from worker.domain.model import Outcome, coupon_id_for
-from worker.faults import NO_FAULTS, FaultPlan, FaultPoint, InjectedFault
-from worker.pipeline import Envelope, Pipeline
+from worker.app.failures import TransactionConflict
+from worker.app.outcomes import Outcome
+from worker.app.pipeline import Envelope, Pipeline
+from worker.domain.handlers import handle
+from worker.domain.model import coupon_id_for
+from worker.testing.faults import FaultPlan, FaultPoint, InjectedFault
+from worker.testing.injection import FaultInjection
 
 
 def pipeline(database: FakeDatabase, faults: FaultPlan | None = None) -> Pipeline:
-    plan = faults if faults is not None else NO_FAULTS
-    return Pipeline(lambda: FakeUnitOfWork(database), plan, clock=lambda: NOW)
+    if faults is None:
+        return Pipeline(lambda: FakeUnitOfWork(database), clock=lambda: NOW)
+    injection = FaultInjection(faults)
+    return Pipeline(
+        injection.unit_of_work(lambda: FakeUnitOfWork(database)),
+        injection.handle(handle),
+        clock=lambda: NOW,
+    )
 
 
 def envelope(message_id: str, command: Command) -> Envelope:
@@ -151,9 +160,8 @@ async def test_a_concurrent_delivery_that_committed_first_rolls_the_batch_back()
         envelope("other", CreateCoupon(code="B", init_count=1)),
         envelope("dup", CreateCoupon(code="A", init_count=1)),
     ]
-    with pytest.raises(TransientFailure) as raised:
+    with pytest.raises(TransactionConflict):
         await pipeline(database, interleave).process(batch)
-    assert raised.value.outage is False
     assert database.coupons == {}, "the losing batch must not commit its effects"
     assert set(database.processed) == {"dup"}
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from worker import cli
+from worker.entrypoints import cli
 from worker.settings import (
     LogFormat,
     QueueType,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -30,3 +33,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine for the length of a command, disposed of afterwards."""
+    engine = create_engine(settings)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

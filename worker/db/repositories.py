@@ -34,9 +34,10 @@ from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.lambdas import StatementLambdaElement
 from sqlalchemy.types import TypeEngine
 
+from worker.app.failures import TransactionConflict
+from worker.app.outcomes import Outcome
 from worker.db.tables import Base, Coupon, ProcessedCommand
 from worker.domain import model
-from worker.domain.errors import TransientFailure
 
 
 def _array_of(element: TypeEngine[Any]) -> ARRAY[Any]:
@@ -148,7 +149,7 @@ class CouponsRepository(BaseRepository):
         rows = [(c.id, c.code, c.init_count, c.remaining_count) for c in coupons]
         inserted = await self.insert_new(rows)
         if len(inserted) != len(coupons):
-            raise TransientFailure("a concurrent transaction created the same code", outage=False)
+            raise TransactionConflict("a concurrent transaction created the same code")
 
     async def redeem_many(self, taken: Mapping[str, int]) -> None:
         if not taken:
@@ -156,7 +157,7 @@ class CouponsRepository(BaseRepository):
         codes = sorted(taken)
         parameters = {"codes": codes, "taken": [taken[code] for code in codes]}
         if len(await self._execute(self._redeem, parameters)) != len(codes):
-            raise TransientFailure("a coupon changed under the batch's lock", outage=False)
+            raise TransactionConflict("a coupon changed under the batch's lock")
 
 
 class ProcessedCommandsRepository(BaseRepository):
@@ -170,9 +171,9 @@ class ProcessedCommandsRepository(BaseRepository):
         ProcessedCommand.processed_at,
     )
 
-    async def outcomes(self, message_ids: Sequence[str]) -> dict[str, model.Outcome]:
+    async def outcomes(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
         return {
-            row.message_id: model.Outcome(
+            row.message_id: Outcome(
                 command_message_id=row.message_id,
                 command=row.command,
                 routing_key=row.outcome_type,
@@ -182,7 +183,7 @@ class ProcessedCommandsRepository(BaseRepository):
             for row in await self.select_by_keys(message_ids)
         }
 
-    async def record(self, outcomes: Sequence[model.Outcome]) -> bool:
+    async def record(self, outcomes: Sequence[Outcome]) -> bool:
         rows = [
             (o.command_message_id, o.command, o.routing_key, o.body.decode(), o.occurred_at)
             for o in outcomes

@@ -21,19 +21,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class TimestampedUUIDBase(Base):
-    """UUID primary key plus creation and update times (the tutorial's base model)."""
-
-    __abstract__ = True
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
-    )
-
-
-class Coupon(TimestampedUUIDBase):
+class Coupon(Base):
     __tablename__ = "coupon"
     __table_args__ = (
         CheckConstraint("init_count >= 1", name="init_count_positive"),
@@ -41,9 +29,16 @@ class Coupon(TimestampedUUIDBase):
         CheckConstraint("remaining_count <= init_count", name="remaining_count_at_most_init"),
     )
 
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     code: Mapped[str] = mapped_column(String(64), unique=True)
     init_count: Mapped[int] = mapped_column(Integer)
     remaining_count: Mapped[int] = mapped_column(Integer)
+    # For a person reading the table (when a coupon was made, last redeemed); the worker
+    # neither reads nor needs them. The database fills both, SQLAlchemy's UPDATEs the second.
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
 
 
 class ProcessedCommand(Base):

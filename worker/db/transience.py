@@ -1,50 +1,58 @@
-"""Which database errors will pass by themselves, and which of those are outages."""
+"""Which database errors will pass by themselves, and which of those are outages: by the
+classes of asyncpg and SQLAlchemy, anywhere in the error's cause chain (SQLAlchemy raises its
+own DBAPIError from the dialect's error, raised in turn from asyncpg's)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
+import asyncpg.exceptions as pg
 from sqlalchemy import exc as sa_exc
 
-# SQLSTATE classes/codes that a retry of the same transaction can get past.
-_CONFLICT_STATES: Final = ("40001", "40P01")  # serialization failure, deadlock
-_OUTAGE_STATE_PREFIXES: Final = ("08", "53", "57P")  # connection, resources, shutdown/startup
+from worker.app.failures import (
+    DependencyUnavailable,
+    TransactionConflict,
+    TransientFailure,
+    causes,
+)
+
+# What a retry of the same transaction gets past: SQLSTATE 40001, 40P01.
+_CONFLICTS: Final = (pg.SerializationError, pg.DeadlockDetectedError)
+
+_OUTAGES: Final = (
+    pg.PostgresConnectionError,  # class 08: the connection failed or does not exist
+    pg.InsufficientResourcesError,  # class 53: disk, memory, too many connections
+    pg.AdminShutdownError,  # 57P01..57P05: shut down, crashed, starting, dropped, timed out
+    pg.CrashShutdownError,
+    pg.CannotConnectNowError,
+    pg.DatabaseDroppedError,
+    pg.IdleSessionTimeoutError,
+    pg.InterfaceError,  # asyncpg's client side, e.g. the connection is closed
+    sa_exc.TimeoutError,  # the pool's: no connection within pool_timeout while they hang
+    sa_exc.InterfaceError,
+    OSError,  # socket errors, ConnectionError included
+    TimeoutError,
+)
 
 
-def _sqlstate(error: BaseException) -> str | None:
-    for candidate in (error, getattr(error, "orig", None), getattr(error, "__cause__", None)):
-        if candidate is None:
-            continue
-        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(state, str):
-            return state
-    orig = getattr(error, "orig", None)
-    if orig is not None and orig.__cause__ is not None:
-        return _sqlstate(orig.__cause__)
+def transient_kind(error: BaseException) -> type[TransientFailure] | None:
+    """`TransactionConflict`, `DependencyUnavailable`, or None when the error will not pass
+    by itself."""
+    chain = list(causes(error))
+    if any(isinstance(link, _CONFLICTS) for link in chain):
+        return TransactionConflict
+    if any(
+        isinstance(link, _OUTAGES)
+        or (isinstance(link, sa_exc.DBAPIError) and link.connection_invalidated)
+        for link in chain
+    ):
+        return DependencyUnavailable
     return None
 
 
-def classify(error: BaseException) -> str | None:
-    """'conflict', 'outage', or None when the error is not transient."""
-    state = _sqlstate(error)
-    if state in _CONFLICT_STATES:
-        return "conflict"
-    if state is not None and state.startswith(_OUTAGE_STATE_PREFIXES):
-        return "outage"
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return "outage"
-    if isinstance(error, sa_exc.TimeoutError | sa_exc.InterfaceError):
-        return "outage"  # pool exhausted while connections hang, or a closed connection
-    if isinstance(error, OSError | asyncio.TimeoutError | ConnectionError):
-        return "outage"
-    if isinstance(error, sa_exc.DBAPIError):
-        orig = error.orig
-        if isinstance(orig, OSError | asyncio.TimeoutError) or (
-            orig is not None and isinstance(orig.__cause__, OSError | asyncio.TimeoutError)
-        ):
-            return "outage"
-        name = type(orig.__cause__ if orig is not None else None).__name__
-        if name in ("ConnectionDoesNotExistError", "InterfaceError", "ConnectionFailureError"):
-            return "outage"
-    return None
+def translated(error: Exception) -> Exception:
+    """The `TransientFailure` that `error` amounts to, or `error` itself."""
+    if isinstance(error, TransientFailure):
+        return error
+    kind = transient_kind(error)
+    return error if kind is None else kind(type(error).__name__)

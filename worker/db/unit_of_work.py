@@ -8,13 +8,13 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from worker.db.repositories import CouponsRepository, ProcessedCommandsRepository
-from worker.db.transience import classify
-from worker.domain.errors import TransientFailure
+from worker.db.transience import translated
 
 
 class SqlAlchemyUnitOfWork:
     """Rolls back on any exception or on exit without `commit()`; transient database
-    faults leave it as `TransientFailure`, so callers need not know SQLAlchemy."""
+    faults leave it as a `TransientFailure` (`DependencyUnavailable` or
+    `TransactionConflict`), so callers need not know SQLAlchemy."""
 
     coupons: CouponsRepository
     processed: ProcessedCommandsRepository
@@ -43,11 +43,11 @@ class SqlAlchemyUnitOfWork:
             await session.close()
         except Exception as cleanup_error:  # the connection may be gone; it is discarded
             if exc is None:
-                raise _translated(cleanup_error) from cleanup_error
-        if exc is not None and not isinstance(exc, TransientFailure):
-            kind = classify(exc)
-            if kind is not None:
-                raise TransientFailure(f"{type(exc).__name__}", outage=kind == "outage") from exc
+                raise translated(cleanup_error) from cleanup_error
+        if isinstance(exc, Exception):
+            failure = translated(exc)
+            if failure is not exc:
+                raise failure from exc
 
     async def commit(self) -> None:
         if self._session is None:
@@ -55,11 +55,4 @@ class SqlAlchemyUnitOfWork:
         try:
             await self._session.commit()
         except Exception as error:
-            raise _translated(error) from error
-
-
-def _translated(error: Exception) -> Exception:
-    kind = classify(error)
-    if kind is None:
-        return error
-    return TransientFailure(type(error).__name__, outage=kind == "outage")
+            raise translated(error) from error

@@ -1,9 +1,5 @@
-"""The worker's error hierarchy, and what each branch means for a message.
-
-- `BusinessError`: a legitimate outcome (published as `coupon.error`, command acknowledged).
-- `TransientFailure`: an infrastructure fault that will pass (wait and retry, never dead-letter).
-- Anything else is unexpected: retried up to the attempt limit, then dead-lettered.
-"""
+"""Business errors: legitimate outcomes, published as `coupon.error` (the command is
+acknowledged). Infrastructure failures are not the domain's: see `worker.app.failures`."""
 
 from __future__ import annotations
 
@@ -38,13 +34,3 @@ class Exhausted(BusinessError):
 
     def __init__(self, code: str) -> None:
         super().__init__(code, f"coupon {code!r} has no redemptions left")
-
-
-class TransientFailure(Exception):
-    """The database (or another dependency) cannot serve now; the same work will succeed later."""
-
-    def __init__(self, message: str, *, outage: bool) -> None:
-        super().__init__(message)
-        # outage: the dependency is unreachable (wait with backoff, log once);
-        # otherwise a conflict between transactions (deadlock, serialization): retry at once.
-        self.outage = outage

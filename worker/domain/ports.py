@@ -1,4 +1,5 @@
-"""The abstractions the handlers and the pipeline need; `worker.db` implements them."""
+"""The abstractions the handlers need; `worker.db` implements them (the pipeline's own, the
+stored outcomes, are in `worker.app.ports`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
-from worker.domain.model import Coupon, Outcome
+from worker.domain.model import Coupon
 
 
 class CouponRepository(Protocol):
@@ -23,34 +24,19 @@ class CouponRepository(Protocol):
     async def create_many(self, coupons: Sequence[Coupon]) -> None:
         """Insert new coupons (in code order).
 
-        `TransientFailure` (a conflict) if another transaction created one of these codes
+        `TransactionConflict` if another transaction created one of these codes
         first: the batch decided on a state that no longer holds and must be applied again.
         """
 
     async def redeem_many(self, taken: Mapping[str, int]) -> None:
         """Take `taken[code]` redemptions from each coupon, guarded so that no count goes
-        below zero. `TransientFailure` (a conflict) if a coupon is missing or has fewer left:
+        below zero. `TransactionConflict` if a coupon is missing or has fewer left:
         never an oversell, never a partial change."""
-
-
-class ProcessedCommands(Protocol):
-    async def outcomes(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
-        """Stored outcomes of the commands among `message_ids` that were already applied."""
-
-    async def record(self, outcomes: Sequence[Outcome]) -> bool:
-        """Store outcomes in the current transaction.
-
-        False if another transaction recorded one of these commands first: the caller must
-        roll back, because that command's effect is already applied.
-        """
 
 
 class UnitOfWork(Protocol):
     @property
     def coupons(self) -> CouponRepository: ...
-
-    @property
-    def processed(self) -> ProcessedCommands: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from contracts import names
 from contracts.events import InvalidCommandReply
 from contracts.names import Topology
-from worker.domain.model import Outcome
+from worker.app.outcomes import Outcome
 
 
 class Publisher:
@@ -39,6 +39,15 @@ class Publisher:
         )
         self._dead = await self._dead_letter_channel.get_exchange(
             self._topology.dead_exchange, ensure=False
+        )
+
+    async def publish_outcomes(
+        self, answers: Sequence[tuple[AbstractIncomingMessage, Outcome]]
+    ) -> None:
+        """Every outcome of a batch, each answering its command; returns when all are
+        confirmed, raises if one is not."""
+        await asyncio.gather(
+            *(self.publish_outcome(outcome, command) for command, outcome in answers)
         )
 
     async def publish_outcome(self, outcome: Outcome, command: AbstractIncomingMessage) -> None:

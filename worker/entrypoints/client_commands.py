@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
+
+from pydantic import ValidationError
 
 from contracts.client import CouponClient, ReceivedEvent
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
-from worker.errors import describe_startup_failure
-from worker.service import ssl_context
+from contracts.validation import describe
+from worker.entrypoints.operator_errors import StartupError, describe_startup_failure
+from worker.messaging.connection import ssl_context
 from worker.settings import Settings
 
 
@@ -43,16 +47,9 @@ async def _connect(settings: Settings) -> CouponClient:
 
 
 async def publish(settings: Settings, args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from worker.cli import emit
-    from worker.errors import StartupError
-
     try:
         command = _command(args)
     except ValidationError as error:
-        from contracts.validation import describe
-
         raise StartupError(f"invalid command: {describe(error)}") from None
     async with await _connect(settings) as client:
         if args.wait or args.kind == "get":
@@ -73,8 +70,6 @@ async def publish(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def follow_events(settings: Settings, pattern: str, limit: int) -> int:
-    from worker.cli import emit
-
     seen = 0
     async with await _connect(settings) as client:
         async for received in client.events(pattern):
@@ -83,3 +78,13 @@ async def follow_events(settings: Settings, pattern: str, limit: int) -> int:
             if limit and seen >= limit:
                 break
     return 0
+
+
+def emit(record: dict[str, Any]) -> None:
+    """One result line: readable on a terminal, JSON when piped."""
+    if sys.stdout.isatty():
+        head = record.get("event") or record.get("routing_key")
+        rest = " ".join(f"{k}={v}" for k, v in record.items() if k not in ("event",))
+        print(f"{head}  {rest}")  # noqa: T201
+    else:
+        print(json.dumps(record, default=str), flush=True)  # noqa: T201

@@ -6,6 +6,7 @@ with a plan logs a warning at start-up.
 
 Plan syntax: comma-separated `point:action:code`, e.g.
 `after_commit:crash:fault-a,handle:raise:fault-poison`.
+The points are reached through the decorators of `worker.testing.injection`.
 """
 
 from __future__ import annotations

@@ -12,15 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from contracts.commands import Command, GetCoupon
 from contracts.events import Event
-from worker.domain.errors import TransientFailure
-from worker.domain.handlers import handle
-from worker.domain.model import Outcome
-from worker.domain.ports import UnitOfWork
+from worker.app.failures import TransactionConflict
+from worker.app.outcomes import Outcome
+from worker.app.ports import UnitOfWork
+from worker.domain import handlers
 from worker.domain.working_set import WorkingSet
-from worker.faults import NO_FAULTS, FaultPlan, FaultPoint
+
+# Runs a command's handler on the batch's working set: `worker.domain.handlers.handle`, unless
+# the composition root wraps it (fault injection).
+Handle = Callable[[Command, WorkingSet, str], Event]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,25 +35,30 @@ class Envelope:
     command: Command
 
 
+class BatchProcessor(Protocol):
+    """What the consumer needs of the pipeline."""
+
+    async def process(self, batch: Sequence[Envelope]) -> list[Outcome]: ...
+
+
 class Pipeline:
     def __init__(
         self,
         unit_of_work: Callable[[], UnitOfWork],
-        faults: FaultPlan = NO_FAULTS,
+        handle: Handle = handlers.handle,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._unit_of_work = unit_of_work
-        self._faults = faults
+        self._handle = handle
         self._clock = clock
 
     async def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
         """Apply every command not applied before, answer the others from their stored outcome.
 
-        Raises `TransientFailure` when the batch must simply be tried again (the database is
-        unreachable, or a concurrent batch committed one of these commands, or created one of
-        these codes, first).
+        Raises a `TransientFailure` when the batch must simply be tried again: the database is
+        unreachable (`DependencyUnavailable`), or a concurrent transaction committed one of
+        these commands, or created one of these codes, first (`TransactionConflict`).
         """
-        codes = [envelope.command.code for envelope in batch]
         # Reads are naturally idempotent: `coupon.get` is answered fresh and not recorded.
         writes = list(dict.fromkeys(e.message_id for e in batch if not _is_read(e.command)))
         async with self._unit_of_work() as uow:
@@ -70,8 +79,7 @@ class Pipeline:
                 if not _is_read(envelope.command) and envelope.message_id in results:
                     outcomes.append(results[envelope.message_id])  # applied before
                     continue
-                self._faults.hit(FaultPoint.HANDLE, [envelope.command.code])
-                event = handle(envelope.command, coupons, envelope.message_id)
+                event = self._handle(envelope.command, coupons, envelope.message_id)
                 outcome = self._outcome(envelope, event)
                 outcomes.append(outcome)
                 if outcome.broadcast:
@@ -80,12 +88,10 @@ class Pipeline:
             await uow.coupons.create_many(coupons.created)
             await uow.coupons.redeem_many(coupons.taken)
             if not await uow.processed.record(fresh):
-                raise TransientFailure(
-                    "a concurrent delivery of the same command committed first", outage=False
+                raise TransactionConflict(
+                    "a concurrent delivery of the same command committed first"
                 )
-            self._faults.hit(FaultPoint.BEFORE_COMMIT, codes)
             await uow.commit()
-        self._faults.hit(FaultPoint.AFTER_COMMIT, codes)
         return outcomes
 
     def _outcome(self, envelope: Envelope, event: Event) -> Outcome:

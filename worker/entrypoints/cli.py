@@ -1,22 +1,24 @@
-"""`coupon-worker`: run, migrate, publish, events, record, replay, prune, schema, healthcheck."""
+"""`coupon-worker`: run, migrate, publish, events, record, replay, prune, schema, healthcheck.
+
+The parser and the dispatch, plus the three small database commands (migrate, prune,
+healthcheck); over 200 lines because the parser's help texts are most of it. Each command's
+heavy imports wait until it is chosen, so `schema` and `--help` stay fast."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import structlog
 from pydantic import ValidationError
 
-from worker.errors import StartupError
+from worker.app.failures import OperatorError
 from worker.logs import SecretScrubber, configure_logging
-from worker.messaging.topology import TopologyError
 from worker.settings import Settings, secrets_of
 
 EXIT_USAGE = 2
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the contract's JSON Schema")
 
-    from worker.recording_commands import add_parsers as add_recording_parsers
+    from worker.entrypoints.recording_commands import add_parsers as add_recording_parsers
 
     add_recording_parsers(commands)
 
@@ -108,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     scrubber = configure_logging(settings.log_format, settings.log_level, secrets_of(settings))
     try:
         code = asyncio.run(_dispatch(args, settings, scrubber))
-    except (StartupError, TopologyError) as error:
+    except OperatorError as error:  # the one place an operator's error becomes exit status 2
         _fail(scrubber.scrub(str(error)))
     except KeyboardInterrupt:
         code = 130
@@ -117,21 +119,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 async def _dispatch(args: argparse.Namespace, settings: Settings, scrubber: SecretScrubber) -> int:
     if args.command == "run":
-        from worker.service import serve
+        from worker.entrypoints.run import serve
 
         return await serve(settings, scrubber.scrub, migrate=args.migrate)
     if args.command == "migrate":
         return await _migrate(settings, args.revision)
     if args.command == "publish":
-        from worker.tools import publish
+        from worker.entrypoints.client_commands import publish
 
         return await publish(settings, args)
     if args.command == "events":
-        from worker.tools import follow_events
+        from worker.entrypoints.client_commands import follow_events
 
         return await follow_events(settings, args.pattern, args.limit)
     if args.command in ("record", "replay"):
-        from worker.recording_commands import run as run_recording_command
+        from worker.entrypoints.recording_commands import run as run_recording_command
 
         return await run_recording_command(settings, args)
     if args.command == "healthcheck":
@@ -142,13 +144,13 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, scrubber: Secr
 
 
 async def _migrate(settings: Settings, revision: str) -> int:
-    from worker.db import schema
-    from worker.errors import describe_startup_failure
-    from worker.service import database
+    from worker.db import migrations
+    from worker.db.engine import database
+    from worker.entrypoints.operator_errors import describe_startup_failure
 
     async with database(settings) as engine:
         try:
-            migration = await schema.upgrade(engine, revision)
+            migration = await migrations.upgrade(engine, revision)
         except Exception as error:
             raise describe_startup_failure(error, settings, "database") from error
     structlog.stdlib.get_logger("worker").info(
@@ -172,18 +174,17 @@ def _batch(text: str) -> int:
 
 
 async def _prune(settings: Settings, older_than_days: float, batch_size: int) -> int:
-    from worker.db import schema
-    from worker.db.engine import create_session_factory
+    from worker.db import migrations
+    from worker.db.engine import create_session_factory, database
     from worker.db.repositories import ProcessedCommandsRepository
-    from worker.errors import describe_startup_failure
-    from worker.service import database
+    from worker.entrypoints.operator_errors import describe_startup_failure
 
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     deleted = 0
     async with database(settings) as engine:
         sessions = create_session_factory(engine)
         try:
-            await schema.ensure_current(engine)
+            await migrations.ensure_current(engine)
             while True:
                 async with sessions() as session, session.begin():
                     batch = await ProcessedCommandsRepository(session).prune(cutoff, batch_size)
@@ -222,16 +223,6 @@ def _settings_error(error: ValidationError) -> str:
 def _fail(message: str) -> NoReturn:
     print(f"coupon-worker: {message}", file=sys.stderr)  # noqa: T201 - the CLI's own output
     sys.exit(EXIT_USAGE)
-
-
-def emit(record: dict[str, Any]) -> None:
-    """One result line: readable on a terminal, JSON when piped."""
-    if sys.stdout.isatty():
-        head = record.get("event") or record.get("routing_key")
-        rest = " ".join(f"{k}={v}" for k, v in record.items() if k not in ("event",))
-        print(f"{head}  {rest}")  # noqa: T201
-    else:
-        print(json.dumps(record, default=str), flush=True)  # noqa: T201
 
 
 if __name__ == "__main__":

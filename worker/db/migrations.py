@@ -1,9 +1,11 @@
-"""The schema's version: checked before consuming, upgraded by alembic under an advisory lock."""
+"""The schema's version: checked before consuming, upgraded by alembic under an advisory lock.
+
+The alembic environment and revisions ship inside this package (`worker/db/alembic/`), found
+as a package resource, so an installed wheel migrates as well as a source checkout."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from alembic import command
@@ -14,22 +16,23 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from worker.app.failures import OperatorError
+
 # Any fixed 64-bit key; it serialises migrations between replicas started together.
 MIGRATION_LOCK_KEY: Final = 0x636F75706F6E  # "coupon"
-PROJECT_ROOT: Final = Path(__file__).resolve().parents[2]
+SCRIPT_LOCATION: Final = "worker.db:alembic"
 
 
-class SchemaMismatch(Exception):
+class SchemaMismatch(OperatorError):
     """The database's schema is not the one this worker was built for."""
 
 
 def alembic_config() -> Config:
-    ini = PROJECT_ROOT / "alembic.ini"
-    if not ini.is_file():
-        raise SchemaMismatch(
-            f"alembic.ini not found at {ini}: run the worker from its source tree or image"
-        )
-    return Config(str(ini))
+    """The configuration `alembic.ini` holds for the `alembic` command line, minus its logging
+    set-up: the worker configures its own."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    return config
 
 
 def head_revision() -> str:

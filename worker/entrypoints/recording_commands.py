@@ -28,8 +28,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from contracts.names import Topology
 from contracts.recording import BadLine, RecordedMessage, read_lines
 from contracts.replay import Replayer, record
-from worker.errors import StartupError, describe_startup_failure
-from worker.service import ssl_context
+from worker.entrypoints.operator_errors import StartupError, describe_startup_failure
+from worker.messaging.connection import ssl_context
 from worker.settings import Settings
 
 EXIT_NOT_DELIVERED = 1

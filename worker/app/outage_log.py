@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+
+import structlog
 
 
-class OutageLog:
-    def __init__(self, log: Any) -> None:
+class DatabaseOutageLog:
+    def __init__(self, log: structlog.stdlib.BoundLogger) -> None:
         self._log = log
         self._since: float | None = None
         self._retries = 0
-
-    @property
-    def is_down(self) -> bool:
-        return self._since is not None
 
     def down(self, failure: BaseException) -> None:
         self._retries += 1

@@ -1,77 +1,37 @@
-"""The composition root of `coupon-worker run`: settings → engine, connection → consumer."""
+"""The composition root of `coupon-worker run`: settings → engine, connection → consumer.
+
+The only module that knows every layer; the only one that wires fault injection in (when
+`WORKER_FAULT_PLAN` is set, for the fault-test suite)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import ssl
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.names import Topology
-from worker.db import schema
-from worker.db.engine import create_engine, create_session_factory
+from worker.app.pipeline import Handle, Pipeline
+from worker.app.ports import UnitOfWork
+from worker.db import migrations
+from worker.db.engine import create_session_factory, database
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
-from worker.errors import describe_startup_failure
-from worker.faults import FaultPlan
+from worker.domain.handlers import handle
+from worker.entrypoints.operator_errors import describe_startup_failure
 from worker.messaging import topology as broker_topology
+from worker.messaging.connection import connect_broker, heartbeat
 from worker.messaging.consumer import Consumer
 from worker.messaging.publisher import Publisher
-from worker.pipeline import Pipeline
+from worker.messaging.settlement import OutcomePublisher
 from worker.settings import Settings, redact_url
+from worker.testing.faults import FaultPlan
+from worker.testing.injection import FaultInjection
 
 log = structlog.stdlib.get_logger("worker")
-
-
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if settings.amqp_ca_file is None and settings.amqp_client_cert is None:
-        return None
-    context = ssl.create_default_context(
-        cafile=str(settings.amqp_ca_file) if settings.amqp_ca_file else None
-    )
-    if settings.amqp_client_cert is not None:
-        context.load_cert_chain(
-            str(settings.amqp_client_cert),
-            str(settings.amqp_client_key) if settings.amqp_client_key else None,
-        )
-    return context
-
-
-async def connect_broker(
-    settings: Settings, name: str = "coupon-worker"
-) -> AbstractRobustConnection:
-    connection = await aio_pika.connect_robust(
-        settings.amqp_url.get_secret_value(),
-        ssl_context=ssl_context(settings),
-        client_properties={"connection_name": name},
-        timeout=10,
-        reconnect_interval=1,
-    )
-    connection.close_callbacks.add(_log_connection_lost)
-    connection.reconnect_callbacks.add(lambda _: log.info("broker_reconnected"))
-    return connection
-
-
-def _log_connection_lost(_: object, error: BaseException | None) -> None:
-    # A close we asked for arrives as None or CancelledError: not worth a warning.
-    if error is not None and not isinstance(error, asyncio.CancelledError):
-        log.warning("broker_connection_lost", error=repr(error))
-
-
-@contextlib.asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 async def serve(settings: Settings, redact: Callable[[str], str], migrate: bool = False) -> int:
@@ -82,12 +42,12 @@ async def serve(settings: Settings, redact: Callable[[str], str], migrate: bool 
     async with database(settings) as engine:
         try:
             if migrate:
-                migration = await schema.upgrade(engine)
+                migration = await migrations.upgrade(engine)
                 if migration.changed:
                     log.info(
                         "schema_migrated", from_revision=migration.before, revision=migration.after
                     )
-            await schema.ensure_current(engine)
+            await migrations.ensure_current(engine)
         except Exception as error:
             raise describe_startup_failure(error, settings, "database") from error
         try:
@@ -120,14 +80,22 @@ async def _consume(
     await publisher.start()
 
     sessions = create_session_factory(engine)
-    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(sessions), faults)
-    consumer = Consumer(settings, pipeline, publisher, faults, redact)
+    unit_of_work: Callable[[], UnitOfWork] = lambda: SqlAlchemyUnitOfWork(sessions)  # noqa: E731
+    handler: Handle = handle
+    outcomes: OutcomePublisher = publisher
+    if faults:
+        injection = FaultInjection(faults)
+        unit_of_work = injection.unit_of_work(unit_of_work)
+        handler = injection.handle(handler)
+        outcomes = injection.publisher(outcomes)
+    pipeline = Pipeline(unit_of_work, handler)
+    consumer = Consumer(settings, pipeline, outcomes, redact)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    heartbeat = asyncio.create_task(_heartbeat(settings.health_file, connection))
+    beating = asyncio.create_task(heartbeat(settings.health_file, connection))
     await consumer.start(queue, consume_channel)
     log.info(
         "worker_ready",
@@ -144,7 +112,7 @@ async def _consume(
     started = time.monotonic()
     log.info("worker_stopping", grace_period=settings.grace_period)
     returned = await consumer.stop(settings.grace_period)
-    heartbeat.cancel()
+    beating.cancel()
     for task in (stopped, failed):
         task.cancel()
     if settings.health_file is not None:
@@ -156,12 +124,3 @@ async def _consume(
         cause = None if failed.cancelled() else failed.exception()
         raise RuntimeError("the dispatcher stopped unexpectedly") from cause
     return 0
-
-
-async def _heartbeat(health_file: Path | None, connection: AbstractRobustConnection) -> None:
-    if health_file is None:
-        return
-    while True:
-        if not connection.is_closed:
-            await asyncio.to_thread(health_file.touch)
-        await asyncio.sleep(5)

@@ -1,0 +1,118 @@
+"""The consumer in this process, on the real broker, wired as the composition root wires it,
+around a pipeline the test scripts (`ScriptedPipeline`: the real pipeline on the in-memory
+fakes, recording each batch and failing on cue)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+
+from contracts.names import Topology
+from tests.fakes import FakeDatabase, FakeUnitOfWork
+from tests.support.broker import Broker
+from worker.app.outcomes import Outcome
+from worker.app.pipeline import Envelope, Pipeline
+from worker.messaging import topology as broker_topology
+from worker.messaging.connection import connect_broker
+from worker.messaging.consumer import Consumer
+from worker.messaging.publisher import Publisher
+from worker.messaging.retry import RetryPolicy
+from worker.messaging.settlement import OutcomePublisher
+from worker.settings import Settings
+
+# Short waits, so that a test of many retries takes a second, not a minute.
+FAST_RETRIES = RetryPolicy(
+    max_attempts=3, attempt_backoff=0.01, outage_backoff=0.01, outage_backoff_max=0.05
+)
+
+
+class ScriptedPipeline:
+    """Implements `BatchProcessor`. Records the codes of every batch it is given, and how many
+    other batches were in flight when it started; raises `failures` (one per call, in order)
+    before processing, and always raises for a command on a code in `poison`. A batch waits
+    for `gate` when set; `entered` is set when the first batch arrives."""
+
+    def __init__(self) -> None:
+        self.database = FakeDatabase()
+        self._pipeline = Pipeline(lambda: FakeUnitOfWork(self.database))
+        self.batches: list[list[str]] = []
+        self.failures: list[Exception] = []
+        self.poison: set[str] = set()
+        self.gate: asyncio.Event | None = None
+        self.alongside: list[int] = []
+        self.entered = asyncio.Event()
+        self._in_flight = 0
+
+    async def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        self.batches.append([envelope.command.code for envelope in batch])
+        self.alongside.append(self._in_flight)
+        self.entered.set()
+        self._in_flight += 1
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.failures:
+                raise self.failures.pop(0)
+            poisoned = self.poison.intersection(self.batches[-1])
+            if poisoned:
+                raise RuntimeError(f"poison {sorted(poisoned)}")
+            return await self._pipeline.process(batch)
+        finally:
+            self._in_flight -= 1
+
+
+async def wait_depth(broker: Broker, depth: int, within: float = 30.0) -> None:
+    """Wait until the worker queue holds exactly `depth` ready messages."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (ready := await broker.depth(broker.topology.worker_queue)) != depth:
+        assert loop.time() < deadline, f"{ready} ready in the worker queue, not {depth}"
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Channels:
+    connection: AbstractRobustConnection
+    consume: AbstractChannel
+    queue: AbstractQueue
+    publisher: Publisher
+
+
+@asynccontextmanager
+async def channels(settings: Settings) -> AsyncIterator[Channels]:
+    """The worker's connection and channels on the test's topology (declared by the `broker`
+    fixture), and a started publisher."""
+    topology = Topology(settings.name_prefix)
+    connection = await connect_broker(settings, name="in-process-test")
+    try:
+        consume = await connection.channel()
+        queue = await broker_topology.worker_queue(consume, topology)
+        events = await connection.channel(publisher_confirms=True)
+        dead = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        publisher = Publisher(events, dead, topology, settings.publish_timeout)
+        await publisher.start()
+        yield Channels(connection, consume, queue, publisher)
+    finally:
+        await connection.close()
+
+
+@asynccontextmanager
+async def running_consumer(
+    settings: Settings,
+    pipeline: ScriptedPipeline,
+    *,
+    retry: RetryPolicy = FAST_RETRIES,
+    publisher: OutcomePublisher | None = None,
+) -> AsyncIterator[Consumer]:
+    """A started consumer, stopped (with a short grace period) when the block ends."""
+    async with channels(settings) as opened:
+        consumer = Consumer(settings, pipeline, publisher or opened.publisher, retry=retry)
+        await consumer.start(opened.queue, opened.consume)
+        try:
+            yield consumer
+        finally:
+            await consumer.stop(grace_period=5.0)

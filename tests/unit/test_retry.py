@@ -1,0 +1,113 @@
+"""The retry policy on its own: what is retried, how soon, how often, and in what shape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
+
+from worker.app.failures import DependencyUnavailable, TransactionConflict
+from worker.messaging.retry import RetryPolicy
+
+
+class Script:
+    """Implements the policy's `Work` on strings: an attempt fails with the next scripted
+    error, or for an item in `bad`; records every attempt, success, give-up and wait."""
+
+    def __init__(self, *failures: Exception, bad: Sequence[str] = ()) -> None:
+        self.failures = list(failures)
+        self.bad = set(bad)
+        self.attempts: list[list[str]] = []
+        self.succeeded_with: list[list[str]] = []
+        self.given_up: list[tuple[str, int, str]] = []
+        self.scopes: list[str] = []
+        self.waits: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    async def attempt(self, items: Sequence[str]) -> str:
+        self.attempts.append(list(items))
+        if self.failures:
+            raise self.failures.pop(0)
+        if self.bad.intersection(items):
+            raise ValueError(f"bad {sorted(self.bad.intersection(items))}")
+        return "+".join(items)
+
+    async def succeeded(self, items: Sequence[str], result: str) -> None:
+        assert result == "+".join(items)
+        self.succeeded_with.append(list(items))
+
+    async def gave_up(self, item: str, attempts: int, error: Exception) -> None:
+        self.given_up.append((item, attempts, str(error)))
+
+    @contextmanager
+    def alone(self, item: str) -> Iterator[None]:
+        self.scopes.append(item)
+        yield
+
+
+def policy(
+    script: Script,
+    *,
+    max_attempts: int = 5,
+    attempt_backoff: float = 0.1,
+    outage_backoff: float = 0.1,
+    outage_backoff_max: float = 5.0,
+    conflict_jitter: float = 0.02,
+) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=max_attempts,
+        attempt_backoff=attempt_backoff,
+        outage_backoff=outage_backoff,
+        outage_backoff_max=outage_backoff_max,
+        conflict_jitter=conflict_jitter,
+        sleep=script.sleep,
+    )
+
+
+async def test_an_outage_is_waited_out_with_a_doubling_capped_back_off() -> None:
+    script = Script(*[DependencyUnavailable("down")] * 6)
+    await policy(script, outage_backoff=0.1, outage_backoff_max=0.5).apply(["a", "b"], script)
+    assert script.waits == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5, 0.5])
+    assert script.attempts == [["a", "b"]] * 7, "held together, never split"
+    assert script.succeeded_with == [["a", "b"]] and script.given_up == []
+
+
+async def test_an_outage_never_uses_up_the_attempts() -> None:
+    script = Script(*[DependencyUnavailable("down")] * 20)
+    await policy(script, max_attempts=2).apply(["a"], script)
+    assert script.succeeded_with == [["a"]] and script.given_up == []
+
+
+async def test_a_conflict_is_retried_at_once_with_a_little_jitter() -> None:
+    script = Script(TransactionConflict("lost"), TransactionConflict("lost again"))
+    await policy(script, conflict_jitter=0.02).apply(["a", "b"], script)
+    assert len(script.waits) == 2 and all(0 <= wait <= 0.02 for wait in script.waits)
+    assert script.succeeded_with == [["a", "b"]]
+
+
+async def test_a_failed_batch_is_split_and_each_command_retried_alone() -> None:
+    script = Script(bad=["b"])
+    await policy(script, max_attempts=3, attempt_backoff=0.1).apply(["a", "b", "c"], script)
+    assert script.attempts == [["a", "b", "c"], ["a"], ["b"], ["b"], ["b"], ["c"]]
+    assert script.succeeded_with == [["a"], ["c"]]
+    assert script.given_up == [("b", 3, "bad ['b']")]
+    assert script.waits == pytest.approx([0.2, 0.4])  # before the 2nd and the 3rd try of b
+    assert script.scopes == ["a", "b", "c"], "each command alone binds its own log context"
+
+
+async def test_a_command_that_recovers_within_its_attempts_succeeds() -> None:
+    script = Script(RuntimeError("once"), RuntimeError("twice"))
+    await policy(script, max_attempts=3).apply(["a"], script)
+    assert script.succeeded_with == [["a"]] and script.given_up == []
+    assert len(script.attempts) == 3
+
+
+def test_the_settings_give_the_attempts_and_the_outage_back_off_cap() -> None:
+    from worker.settings import Settings
+
+    settings = Settings.model_validate({"max_attempts": 7, "retry_max_backoff": 2.5})
+    retry = RetryPolicy.from_settings(settings)
+    assert (retry.max_attempts, retry.outage_backoff_max) == (7, 2.5)

@@ -1,0 +1,112 @@
+"""The retry policy: how often, how soon, and in what shape a batch is tried again.
+
+- A transient failure is not a failure of the command: the batch is held (nothing is nacked,
+  so an outage does not burn the queue's delivery limit) and tried again, for as long as it
+  takes — at once after a `TransactionConflict` (with a little jitter), with a growing back-off
+  while a dependency is unavailable (`DependencyUnavailable`, logged once per outage).
+- Any other failure of a batch of several splits it: each command is retried alone, so one bad
+  command cannot hold its neighbours back.
+- A command alone is tried up to `max_attempts` times, with a growing back-off, and then given
+  up on (the consumer dead-letters it).
+
+The policy knows nothing of messages: `Work` says what an attempt is and what follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import structlog
+
+from worker.app.failures import TransactionConflict, TransientFailure
+from worker.app.outage_log import DatabaseOutageLog
+from worker.settings import Settings
+
+log = structlog.stdlib.get_logger("worker.consumer")
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+ItemT_contra = TypeVar("ItemT_contra", contravariant=True)
+
+
+class Work(Protocol[ItemT_contra, ResultT]):
+    async def attempt(self, items: Sequence[ItemT_contra]) -> ResultT:
+        """One try of the items together; raises to fail."""
+
+    async def succeeded(self, items: Sequence[ItemT_contra], result: ResultT) -> None:
+        """What follows a successful try."""
+
+    async def gave_up(self, item: ItemT_contra, attempts: int, error: Exception) -> None:
+        """What follows the last failed try of an item alone."""
+
+    def alone(self, item: ItemT_contra) -> AbstractContextManager[object]:
+        """The scope of an item's tries alone: binds its identifiers to every log line."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    attempt_backoff: float = 0.1  # before try n + 1 of a command alone: attempt_backoff * 2**n
+    outage_backoff: float = 0.1  # the first wait while a dependency is down, doubled each time
+    outage_backoff_max: float = 5.0
+    conflict_jitter: float = 0.02  # at most, before retrying after a transaction conflict
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    outages: DatabaseOutageLog = field(default_factory=lambda: DatabaseOutageLog(log))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.max_attempts, outage_backoff_max=settings.retry_max_backoff
+        )
+
+    async def apply(self, items: Sequence[ItemT], work: Work[ItemT, ResultT]) -> None:
+        """Run `work` on `items` under this policy, until each item succeeded or was given up."""
+        if len(items) > 1:
+            try:
+                result = await self.through_transient(work, items)
+            except Exception as error:
+                log.warning("batch_failed_retrying_alone", size=len(items), error=repr(error))
+                for item in items:
+                    await self.apply([item], work)
+                return
+            await work.succeeded(items, result)
+            return
+        [item] = items
+        with work.alone(item):
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    result = await self.through_transient(work, items)
+                except Exception as error:
+                    if attempt < self.max_attempts:
+                        log.warning("command_failed_retrying", attempt=attempt, error=repr(error))
+                        await self.sleep(self.attempt_backoff * 2**attempt)
+                        continue
+                    log.error("command_failed", attempts=attempt, exc_info=error)
+                    await work.gave_up(item, attempt, error)
+                    return
+                await work.succeeded(items, result)
+                return
+
+    async def through_transient(
+        self, work: Work[ItemT, ResultT], items: Sequence[ItemT]
+    ) -> ResultT:
+        """Try until the work succeeds or fails for a reason that is not transient."""
+        delay = self.outage_backoff
+        while True:
+            try:
+                result = await work.attempt(items)
+            except TransactionConflict:
+                await self.sleep(random.uniform(0, self.conflict_jitter))
+                continue
+            except TransientFailure as failure:
+                self.outages.down(failure)
+                await self.sleep(delay)
+                delay = min(delay * 2, self.outage_backoff_max)
+                continue
+            self.outages.up()
+            return result
