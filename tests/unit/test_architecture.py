@@ -95,3 +95,13 @@ def test_no_import_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_every_error_for_an_operator_shares_the_one_base_the_cli_catches() -> None:
+    from worker.app.failures import OperatorError
+    from worker.db.migrations import SchemaMismatch
+    from worker.entrypoints.operator_errors import StartupError
+    from worker.messaging.topology import TopologyError
+
+    for error in (SchemaMismatch, TopologyError, StartupError):
+        assert issubclass(error, OperatorError), error

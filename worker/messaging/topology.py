@@ -8,10 +8,11 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from aiormq.exceptions import ChannelClosed
 
 from contracts.names import Topology
+from worker.app.failures import OperatorError
 from worker.settings import QueueType, Settings
 
 
-class TopologyError(Exception):
+class TopologyError(OperatorError):
     """The broker's topology is missing or differs from what the worker needs."""
 
 
