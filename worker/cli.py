@@ -138,7 +138,7 @@ async def _migrate(settings: Settings, revision: str) -> int:
     from worker.errors import describe_startup_failure
     from worker.service import database
 
-    async with database(settings) as engine:
+    async with database(settings, admin=True) as engine:
         try:
             migration = await schema.upgrade(engine, revision)
         except Exception as error:
@@ -172,7 +172,7 @@ async def _prune(settings: Settings, older_than_days: float, batch_size: int) ->
 
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     deleted = 0
-    async with database(settings) as engine:
+    async with database(settings, admin=True) as engine:
         sessions = create_session_factory(engine)
         try:
             await schema.ensure_current(engine)

@@ -66,8 +66,8 @@ def _log_connection_lost(_: object, error: BaseException | None) -> None:
 
 
 @contextlib.asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings)
+async def database(settings: Settings, *, admin: bool = False) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings, admin=admin)
     try:
         yield engine
     finally:
@@ -81,8 +81,9 @@ async def serve(settings: Settings, redact: Callable[[str], str], migrate: bool 
     topology = Topology(settings.name_prefix)
     async with database(settings) as engine:
         try:
-            if migrate:
-                migration = await schema.upgrade(engine)
+            if migrate:  # on an engine of its own: no statement timeout (the lock may wait)
+                async with database(settings, admin=True) as admin:
+                    migration = await schema.upgrade(admin)
                 if migration.changed:
                     log.info(
                         "schema_migrated", from_revision=migration.before, revision=migration.after

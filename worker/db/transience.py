@@ -36,6 +36,11 @@ def classify(error: BaseException) -> str | None:
         return "outage"
     if isinstance(error, sa_exc.TimeoutError | sa_exc.InterfaceError):
         return "outage"  # pool exhausted while connections hang, or a closed connection
+    # Issue 13, to carry over to the isinstance taxonomy (DependencyUnavailable): a timeout is
+    # a silent database, an outage. asyncpg raises TimeoutError for WORKER_DB_STATEMENT_TIMEOUT
+    # and WORKER_DB_CONNECT_TIMEOUT (on 3.11 asyncio.TimeoutError is TimeoutError), unwrapped by
+    # SQLAlchemy; its connection errors (ConnectionDoesNotExistError, "connection is closed")
+    # arrive as SQLAlchemy's InterfaceError, above, or by name, below.
     if isinstance(error, OSError | asyncio.TimeoutError | ConnectionError):
         return "outage"
     if isinstance(error, sa_exc.DBAPIError):
