@@ -152,6 +152,7 @@ async def partition_and_recover(
         detected_late = await wait_for_log(worker, detection_event, within=1)
         detected = None if detected_late is None else round(time.monotonic() - dark_at, 1)
     reconnects = len(worker.events("broker_reconnected"))
+    losses = len(worker.events("broker_connection_lost"))
     outage_logs = len(worker.events("database_unavailable"))
     assert await worker.stop() == 0
     report = await ledger.check(db)
@@ -173,6 +174,10 @@ async def partition_and_recover(
     report.assert_ok()
     assert report.lost == 0 and report.doubled == 0 and report.dead_lettered == 0
     assert detected is not None, f"the worker never logged {detection_event}"
+    # One loss and one return for the silent broker (failed attempts are logged apart), none for
+    # the database: its outage must not disturb the broker connection.
+    broker_silenced = detection_event == "broker_connection_lost"
+    assert (losses, reconnects) == ((1, 1) if broker_silenced else (0, 0)), worker.output[-3000:]
     assert resumed <= resume_limit, f"first outcome {resumed:.1f}s after the network came back"
 
 
