@@ -5,8 +5,8 @@ from __future__ import annotations
 import ssl
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
-from urllib.parse import unquote
+from typing import Annotated, Final
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +22,10 @@ class LogFormat(StrEnum):
 class QueueType(StrEnum):
     QUORUM = "quorum"
     CLASSIC = "classic"
+
+
+# aiormq ends a connection after 3 x (heartbeat + 1) s without a frame: 15 s with 4.
+DEFAULT_HEARTBEAT: Final = 4
 
 
 class Settings(BaseSettings):
@@ -55,6 +59,16 @@ class Settings(BaseSettings):
     concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 5
     publish_timeout: Annotated[float, Field(gt=0, le=300)] = 30.0
+
+    # Silent peers (a partition, a dropped conntrack entry, a frozen VM close no socket): how
+    # soon a connection that went quiet is given up. README "Configuration" says what each
+    # trades; `worker/keepalive.py` and `worker/db/engine.py` apply them.
+    # AMQP heartbeat timeout, s (0: off); unset: AMQP_URL's `heartbeat`, else DEFAULT_HEARTBEAT
+    amqp_heartbeat: Annotated[int, Field(ge=0, le=600)] | None = None
+    amqp_connect_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0  # TCP + AMQP handshake
+    db_connect_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0  # TCP + startup + auth
+    db_statement_timeout: Annotated[float, Field(gt=0, le=600)] = 5.0  # asyncpg command_timeout
+    tcp_keepalive: Annotated[int, Field(ge=0, le=7200)] = 10  # idle s before probing; 0: off
     grace_period: Annotated[float, Field(gt=0, le=3600)] = 25.0
     retry_max_backoff: Annotated[float, Field(gt=0, le=60)] = 5.0
 
@@ -72,7 +86,40 @@ class Settings(BaseSettings):
     @classmethod
     def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
         AmqpDsn(value.get_secret_value())  # raises a ValidationError naming the field
+        url_heartbeat(value.get_secret_value())  # a `heartbeat` query must be a number
         return value
+
+    @field_validator("amqp_heartbeat")
+    @classmethod
+    def _one_heartbeat(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # The URL's `heartbeat` wins over the default; set in both places, they must agree.
+        url = info.data.get("amqp_url")
+        in_url = url_heartbeat(url.get_secret_value()) if isinstance(url, SecretStr) else None
+        if value is not None and in_url is not None and in_url != value:
+            raise ValueError(
+                f"WORKER_AMQP_HEARTBEAT={value} disagrees with heartbeat={in_url} in AMQP_URL; "
+                "set one of them"
+            )
+        return value
+
+    @property
+    def broker_heartbeat(self) -> int:
+        """The AMQP heartbeat timeout the worker asks for: AMQP_URL's `heartbeat` query when it
+        has one, else WORKER_AMQP_HEARTBEAT."""
+        in_url = url_heartbeat(self.amqp_url.get_secret_value())
+        if in_url is not None:
+            return in_url
+        return DEFAULT_HEARTBEAT if self.amqp_heartbeat is None else self.amqp_heartbeat
+
+    def broker_url(self) -> str:
+        """AMQP_URL with the heartbeat in its query, where aiormq reads it (secret: has the
+        password)."""
+        url = self.amqp_url.get_secret_value()
+        if url_heartbeat(url) is not None:
+            return url
+        head, hash_, fragment = url.partition("#")
+        joiner = "" if head.endswith(("?", "&")) else "&" if "?" in head else "?"
+        return f"{head}{joiner}heartbeat={self.broker_heartbeat}{hash_}{fragment}"
 
     @field_validator("database_url")
     @classmethod
@@ -131,6 +178,20 @@ def _parsed(url: str) -> URL | None:
 def _is_password_parameter(name: str) -> bool:
     # libpq and asyncpg also take the password as a query parameter (`?password=...`).
     return "password" in name.lower()
+
+
+def url_heartbeat(url: str) -> int | None:
+    """The `heartbeat` query parameter of an AMQP URL (seconds), or None without one."""
+    values = parse_qs(urlsplit(url).query).get("heartbeat")
+    if not values:
+        return None
+    try:
+        seconds = int(values[0])  # the first, as aiormq (yarl's MultiDict.get) reads it
+    except ValueError:
+        raise ValueError(f"heartbeat={values[0]!r} in AMQP_URL is not a whole number") from None
+    if not 0 <= seconds <= 600:
+        raise ValueError(f"heartbeat={seconds} in AMQP_URL is out of range (0-600 seconds)")
+    return seconds
 
 
 def redact_url(url: str) -> str:

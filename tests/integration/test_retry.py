@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
@@ -14,6 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from contracts import CreateCoupon
 from tests.support.broker import Broker
 from tests.support.in_process import (
+    FAST_RETRIES,
     Channels,
     ScriptedPipeline,
     channels,
@@ -110,3 +112,32 @@ async def test_a_failing_batch_is_split_and_the_poison_dead_lettered_after_its_a
         "failed 3 times, last with RuntimeError: poison ['poison']"
     )
     assert sorted(pipeline.database.coupons) == sorted(healthy)
+
+
+async def test_a_batch_past_its_deadline_is_held_as_in_an_outage(
+    broker: Broker, settings: Settings
+) -> None:
+    # A database gone silent between statements: every attempt stalls until the gate opens.
+    # Each is ended at its deadline (2 x 0.05 + 0.05 = 0.15 s) and waited out as an outage,
+    # more times than max_attempts (3), and the command is answered once the database is back.
+    events = await broker.collect_events()
+    pipeline = ScriptedPipeline()
+    pipeline.gate = asyncio.Event()
+    retry = replace(FAST_RETRIES, statement_timeout=0.05)
+    async with channels(settings) as opened:
+        publisher = RecordingPublisher(opened)
+        async with running_consumer(settings, pipeline, retry=retry, publisher=publisher):
+            await broker.send(CreateCoupon(code="stalled", init_count=1))
+            give_up_at = asyncio.get_running_loop().time() + 60
+            while len(pipeline.batches) < 5:
+                assert asyncio.get_running_loop().time() < give_up_at, pipeline.batches
+                await asyncio.sleep(0.05)
+            pipeline.gate.set()
+            [event] = await events.wait_for(1)
+
+    assert json.loads(event.body)["code"] == "stalled"
+    # at least 4 attempts ended by the deadline (more than max_attempts), then one answered
+    assert len(pipeline.batches) >= 5 and set(map(tuple, pipeline.batches)) == {("stalled",)}
+    assert publisher.redelivered == [False], "held in the worker, never returned to the queue"
+    assert await broker.dead_letters() == []
+    assert sorted(pipeline.database.coupons) == ["stalled"]

@@ -18,6 +18,7 @@ FLOORS: dict[str, int] = {
     "domain": 1,
     "logs": 1,  # reads the log format from settings
     "settings": 0,
+    "keepalive": 0,  # TCP keepalive for both service connections (db and messaging); stdlib only
 }
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 
@@ -111,3 +113,44 @@ def test_the_settings_give_the_attempts_and_the_outage_back_off_cap() -> None:
     settings = Settings.model_validate({"max_attempts": 7, "retry_max_backoff": 2.5})
     retry = RetryPolicy.from_settings(settings)
     assert (retry.max_attempts, retry.outage_backoff_max) == (7, 2.5)
+
+
+class Hanging(Script):
+    """A Script whose first `hangs` attempts never finish (a database gone silent between
+    statements, where no statement timeout runs)."""
+
+    def __init__(self, hangs: int, *failures: Exception) -> None:
+        super().__init__(*failures)
+        self.hangs = hangs
+
+    async def attempt(self, items: Sequence[str]) -> str:
+        if self.hangs:
+            self.hangs -= 1
+            self.attempts.append(list(items))
+            await asyncio.Event().wait()
+        return await super().attempt(items)
+
+
+async def test_an_attempt_past_its_deadline_is_an_outage_the_batch_is_held() -> None:
+    script = Hanging(2)
+    # deadline: 2 x 0.01 + 0.05 a command = 0.12 s
+    retry = replace(policy(script, max_attempts=1), statement_timeout=0.01)
+    await asyncio.wait_for(retry.apply(["a", "b"], script), timeout=30)
+    assert script.attempts == [["a", "b"]] * 3, "held together, never split"
+    assert script.waits == pytest.approx([0.1, 0.2]), "waited out as an outage"
+    assert script.succeeded_with == [["a", "b"]] and script.given_up == []
+
+
+async def test_a_timeout_within_the_deadline_is_not_taken_for_an_outage() -> None:
+    script = Script(TimeoutError("raised by the work, not the deadline"))
+    retry = replace(policy(script, max_attempts=1), statement_timeout=5.0)
+    await retry.apply(["a"], script)
+    assert script.given_up == [("a", 1, "raised by the work, not the deadline")]
+
+
+def test_the_settings_give_each_attempt_a_deadline() -> None:
+    from worker.settings import Settings
+
+    settings = Settings.model_validate({"db_statement_timeout": 2.0})
+    assert RetryPolicy.from_settings(settings).statement_timeout == 2.0
+    assert RetryPolicy().statement_timeout is None

@@ -1,10 +1,26 @@
-"""Engine and session factory, built from settings by the composition root."""
+"""Engine and session factory, built from settings by the composition root.
+
+Bounds on a database that went silent (a partition or a frozen VM closes no socket), each
+fitted to what it waits for rather than one blanket timeout:
+- `WORKER_DB_CONNECT_TIMEOUT`: TCP connect, startup and authentication of a new connection;
+- `WORKER_DB_STATEMENT_TIMEOUT`: every statement, the pool's pre-ping, BEGIN and COMMIT
+  included (asyncpg's `command_timeout`, enforced by the client, so it holds when the server
+  cannot answer at all); the retry policy (`worker/messaging/retry.py`) adds a deadline
+  for each attempt at a batch, by its size;
+- TCP keepalive on both ends of every connection (`worker/keepalive.py`).
+A statement that times out is treated as a disconnect: its connection is discarded, and the
+pool's other connections, which most likely went silent together with it, are replaced at
+their next checkout instead of being pinged one by one.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -12,11 +28,15 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from worker.keepalive import TcpKeepalive
 from worker.settings import Settings
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
-    return create_async_engine(
+def create_engine(settings: Settings, *, admin: bool = False) -> AsyncEngine:
+    """The worker's engine; `admin=True` for migrations and pruning, whose statements may run
+    long or wait for a lock (another replica's migration) by design: no statement timeout."""
+    keepalive = TcpKeepalive(settings.tcp_keepalive)
+    engine = create_async_engine(
         settings.database_url.get_secret_value(),
         pool_size=settings.db_pool_size,
         max_overflow=0,
@@ -24,11 +44,32 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_timeout=30,
         hide_parameters=True,  # never put bound values (codes, ids) into error strings
         connect_args={
-            "timeout": 5,
-            "command_timeout": 60,
-            "server_settings": {"application_name": "coupon-worker"},
+            "timeout": settings.db_connect_timeout,
+            "command_timeout": None if admin else settings.db_statement_timeout,
+            "server_settings": {
+                "application_name": "coupon-worker",
+                **keepalive.postgres_server_settings(),
+            },
         },
     )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _set_keepalive(dbapi_connection: Any, _: Any) -> None:
+        # asyncpg exposes no socket options; its connection keeps the asyncio transport in
+        # `_transport` (read defensively: without it, only the server's keepalive applies).
+        transport = getattr(dbapi_connection.driver_connection, "_transport", None)
+        if transport is not None:
+            keepalive.apply(transport.get_extra_info("socket"))
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _timeout_is_a_disconnect(context: ExceptionContext) -> None:
+        # asyncpg raises TimeoutError when a statement outlives command_timeout and leaves the
+        # connection waiting on a cancel request, which a silent server never answers: using it
+        # again would wait as long again. Invalidate it (and, by default, the pool) instead.
+        if isinstance(context.original_exception, TimeoutError):
+            context.is_disconnect = True
+
+    return engine
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -36,9 +77,10 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 
 
 @asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    """An engine for the length of a command, disposed of afterwards."""
-    engine = create_engine(settings)
+async def database(settings: Settings, *, admin: bool = False) -> AsyncIterator[AsyncEngine]:
+    """An engine for the length of a command, disposed of afterwards (`admin`: see
+    `create_engine`)."""
+    engine = create_engine(settings, admin=admin)
     try:
         yield engine
     finally:

@@ -31,6 +31,10 @@ _OUTAGES: Final = (
     sa_exc.TimeoutError,  # the pool's: no connection within pool_timeout while they hang
     sa_exc.InterfaceError,
     OSError,  # socket errors, ConnectionError included
+    # A silent database (issue 13): asyncpg raises TimeoutError for WORKER_DB_STATEMENT_TIMEOUT
+    # and WORKER_DB_CONNECT_TIMEOUT (asyncio.TimeoutError is TimeoutError on 3.11), unwrapped by
+    # SQLAlchemy; its connection errors are class 08 (ConnectionDoesNotExistError) or
+    # pg.InterfaceError ("connection is closed"), above.
     TimeoutError,
 )
 

@@ -148,7 +148,7 @@ async def _migrate(settings: Settings, revision: str) -> int:
     from worker.db.engine import database
     from worker.entrypoints.operator_errors import describe_startup_failure
 
-    async with database(settings) as engine:
+    async with database(settings, admin=True) as engine:
         try:
             migration = await migrations.upgrade(engine, revision)
         except Exception as error:
@@ -181,7 +181,7 @@ async def _prune(settings: Settings, older_than_days: float, batch_size: int) ->
 
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     deleted = 0
-    async with database(settings) as engine:
+    async with database(settings, admin=True) as engine:
         sessions = create_session_factory(engine)
         try:
             await migrations.ensure_current(engine)

@@ -37,7 +37,7 @@ def _record(received: ReceivedEvent) -> dict[str, Any]:
 async def _connect(settings: Settings) -> CouponClient:
     try:
         return await CouponClient.connect(
-            settings.amqp_url.get_secret_value(),
+            settings.broker_url(),  # with the heartbeat, like the worker's own connection
             settings.name_prefix,
             ssl_context=ssl_context(settings),
             timeout=10,

@@ -87,7 +87,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 async def _connect(settings: Settings, name: str) -> AbstractConnection:
     try:
         return await aio_pika.connect(
-            settings.amqp_url.get_secret_value(),
+            settings.broker_url(),  # with the heartbeat, like the worker's own connection
             ssl_context=ssl_context(settings),
             timeout=10,
             client_properties={"connection_name": name},

@@ -41,8 +41,9 @@ async def serve(settings: Settings, redact: Callable[[str], str], migrate: bool 
     topology = Topology(settings.name_prefix)
     async with database(settings) as engine:
         try:
-            if migrate:
-                migration = await migrations.upgrade(engine)
+            if migrate:  # on an engine of its own: no statement timeout (the lock may wait)
+                async with database(settings, admin=True) as admin:
+                    migration = await migrations.upgrade(admin)
                 if migration.changed:
                     log.info(
                         "schema_migrated", from_revision=migration.before, revision=migration.after

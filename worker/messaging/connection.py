@@ -1,5 +1,6 @@
-"""The broker connection: robust (reconnects by itself), TLS when configured, a heartbeat file
-while it is up, and the one translation of aiormq's cancellations into broker failures."""
+"""The broker connection: robust (reconnects by itself), TLS when configured, an AMQP heartbeat
+and TCP keepalive (a silent broker is given up within seconds), a heartbeat file while it is
+up, and the one translation of aiormq's cancellations into broker failures."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
+from worker.messaging.transport import KeepaliveRobustConnection
 from worker.settings import Settings
 
 log = structlog.stdlib.get_logger("worker")
@@ -39,22 +41,49 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 async def connect_broker(
     settings: Settings, name: str = "coupon-worker"
 ) -> AbstractRobustConnection:
+    # Silent broker: the heartbeat (in the URL, where aiormq reads it) ends a connection after
+    # 3 x (heartbeat + 1) s without a frame; a reconnect attempt into a black hole gives up after
+    # the connect timeout, and the next starts a second later (no growing back-off), so the
+    # worker is back within about connect timeout + 1 s of the broker answering again.
     connection = await aio_pika.connect_robust(
-        settings.amqp_url.get_secret_value(),
+        settings.broker_url(),
         ssl_context=ssl_context(settings),
         client_properties={"connection_name": name},
-        timeout=10,
+        timeout=settings.amqp_connect_timeout,
         reconnect_interval=1,
+        connection_class=KeepaliveRobustConnection,
+        tcp_keepalive=settings.tcp_keepalive,
     )
-    connection.close_callbacks.add(_log_connection_lost)
-    connection.reconnect_callbacks.add(lambda _: log.info("broker_reconnected"))
+    link = _BrokerLink()
+    connection.close_callbacks.add(link.lost)
+    connection.reconnect_callbacks.add(link.reconnected)
     return connection
 
 
-def _log_connection_lost(_: object, error: BaseException | None) -> None:
-    # A close we asked for arrives as None or CancelledError: not worth a warning.
-    if error is not None and not isinstance(error, asyncio.CancelledError):
-        log.warning("broker_connection_lost", error=repr(error))
+class _BrokerLink:
+    """Logs `broker_connection_lost` once per loss and `broker_reconnected` once per return;
+    aio-pika calls the close callbacks for every failed reconnect attempt as well."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    def lost(self, connection: object, error: BaseException | None) -> None:
+        if getattr(connection, "close_called", False) or error is None:
+            return  # a close we asked for
+        if not self.up:
+            log.info("broker_reconnect_failed", error=repr(error))
+            return
+        self.up = False
+        # aiormq cancels its reader when no frame arrived within 3 x (heartbeat + 1) s.
+        silent = isinstance(error, asyncio.CancelledError)
+        log.warning(
+            "broker_connection_lost",
+            error="no frame within the heartbeat timeout" if silent else repr(error),
+        )
+
+    def reconnected(self, _: object) -> None:
+        self.up = True
+        log.info("broker_reconnected")
 
 
 async def heartbeat(health_file: Path | None, connection: AbstractRobustConnection) -> None:

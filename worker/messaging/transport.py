@@ -1,0 +1,57 @@
+"""A robust broker connection whose sockets carry TCP keepalive.
+
+Neither aio-pika nor aiormq sets socket options, but aiormq opens its sockets through a
+`TransportFactory` that it takes as a keyword. aio-pika 10 writes every keyword of `connect_robust`
+into the URL's query (an object cannot go there) and forwards to aiormq only the parameters a
+connection class lists in `PARAMETERS`. So this class lists one more, `tcp_keepalive` (the idle
+seconds, a plain number), and swaps it for a factory that sets keepalive on each socket it opens
+(every reconnect opens a new one). The URL therefore shows `tcp_keepalive=N`; aiormq ignores it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aio_pika import RobustConnection
+from aio_pika.abc import ConnectionParameter
+from aiormq.connection import (
+    TCPTransportFactory,
+    TLSTransportFactory,
+    TransportFactory,
+    parse_int,
+)
+from yarl import URL
+
+from worker.keepalive import TcpKeepalive
+
+
+class KeepaliveTransportFactory(TransportFactory):
+    """aiormq's own TCP or TLS factory (by the URL's scheme, as aiormq picks), then keepalive."""
+
+    def __init__(self, keepalive: TcpKeepalive) -> None:
+        self.keepalive = keepalive
+
+    async def create(
+        self, url: URL, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        inner = TLSTransportFactory() if url.scheme == "amqps" else TCPTransportFactory()
+        reader, writer = await inner.create(url, **kwargs)
+        self.keepalive.apply(writer.get_extra_info("socket"))
+        return reader, writer
+
+
+class KeepaliveRobustConnection(RobustConnection):
+    """`aio_pika.connect_robust(..., connection_class=KeepaliveRobustConnection,
+    tcp_keepalive=idle_seconds)`; 0 (the default) leaves the sockets as aiormq opens them."""
+
+    PARAMETERS = (
+        *RobustConnection.PARAMETERS,
+        ConnectionParameter(name="tcp_keepalive", parser=parse_int, default="0"),
+    )
+
+    def __init__(self, url: URL, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any):
+        super().__init__(url, loop, **kwargs)
+        keepalive = TcpKeepalive(self.kwargs.pop("tcp_keepalive"))
+        if keepalive.idle > 0:
+            self.kwargs["transport_factory"] = KeepaliveTransportFactory(keepalive)
