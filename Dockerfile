@@ -30,11 +30,12 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 
 # Then the project itself, installed as a wheel (not editable): the alembic environment and
-# revisions ship inside the package (worker/db/alembic), found as a package resource by
+# revisions ship in the wheel as the package `migrations`, found as a package resource by
 # `coupon-worker migrate` and `run --migrate`, so the image needs no source tree.
 COPY README.md ./
 COPY contracts ./contracts
 COPY worker ./worker
+COPY migrations ./migrations
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable
 

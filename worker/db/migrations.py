@@ -1,7 +1,7 @@
 """The schema's version: checked before consuming, upgraded by alembic under an advisory lock.
 
-The alembic environment and revisions ship inside this package (`worker/db/alembic/`), found
-as a package resource, so an installed wheel migrates as well as a source checkout."""
+The alembic environment and revisions are the top-level package `migrations` (in the wheel
+too), found as a package resource, so an installed wheel migrates as well as a source checkout."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from worker.app.failures import OperatorError
 
 # Any fixed 64-bit key; it serialises migrations between replicas started together.
 MIGRATION_LOCK_KEY: Final = 0x636F75706F6E  # "coupon"
-SCRIPT_LOCATION: Final = "worker.db:alembic"
+SCRIPT_LOCATION: Final = "migrations:"
 
 
 class SchemaMismatch(OperatorError):
