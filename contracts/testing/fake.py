@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
 
 from contracts import names
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
@@ -32,13 +31,10 @@ from contracts.events import (
     Event,
     InvalidCommandReply,
 )
+from contracts.identity import coupon_id, event_message_id
 from contracts.names import Topology
 from contracts.recording import RecordedMessage, RecordedProperties
 from contracts.validation import InvalidCommand, decode_command
-
-# The worker's namespaces (worker/domain/model.py); tests/unit/test_fake_worker.py keeps them equal.
-EVENT_ID_NAMESPACE: Final = uuid.UUID("6f7c4f0e-2b8a-4d7e-9a51-3c0d8e6b1f42")
-COUPON_ID_NAMESPACE: Final = uuid.UUID("0b9d6c3e-5f1a-4e27-8c4d-2a7e91f0d6b5")
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:
@@ -112,7 +108,7 @@ class FakeWorker:
             if coupon is not None:
                 return _error(command, ErrorKind.ALREADY_EXISTS, "already exists")
             coupon = _Coupon(
-                uuid.uuid5(COUPON_ID_NAMESPACE, message_id),
+                coupon_id(message_id),
                 code,
                 command.init_count,
                 command.init_count,
@@ -146,7 +142,7 @@ class FakeWorker:
             stored.routing_key,
             stored.body,
             RecordedProperties(
-                message_id=str(uuid.uuid5(EVENT_ID_NAMESPACE, message_id)),
+                message_id=event_message_id(message_id),
                 correlation_id=p.correlation_id or message_id,
                 type=stored.routing_key,
                 content_type=names.JSON_CONTENT_TYPE,

@@ -13,11 +13,11 @@ import pytest
 from contracts import CouponCreated, CouponFound, CouponRedeemed, CreateCoupon, GetCoupon, names
 from contracts import RedeemCoupon as Redeem
 from contracts.client import AlreadyExists, DoesNotExist, Exhausted
+from contracts.identity import COUPON_ID_NAMESPACE, EVENT_ID_NAMESPACE
 from contracts.recording import RecordedMessage
 from contracts.testing import assert_matches_golden
 from contracts.testing.backends import MemoryBackend, RealBackend
 from contracts.testing.collector import EventCollector
-from contracts.testing.fake import COUPON_ID_NAMESPACE, EVENT_ID_NAMESPACE
 
 Backend = MemoryBackend | RealBackend
 

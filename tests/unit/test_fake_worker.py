@@ -4,23 +4,35 @@ Its behaviour is compared with the worker's by tests/conformance/."""
 from __future__ import annotations
 
 import ast
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 import contracts.testing
-from contracts.testing.fake import COUPON_ID_NAMESPACE, EVENT_ID_NAMESPACE, topic_matches
-from worker.app import outcomes
+from contracts import identity
+from contracts.testing.fake import topic_matches
+from worker.app.outcomes import Outcome
 from worker.domain import model
 
 
-def test_event_ids_use_the_workers_namespace() -> None:
-    assert EVENT_ID_NAMESPACE == outcomes.EVENT_ID_NAMESPACE
+def test_the_worker_derives_its_ids_from_the_contracts_definition() -> None:
+    """The fake imports `contracts.identity` too: both give the same ids by construction."""
+    outcome = Outcome(
+        command_message_id="m-1",
+        command="coupon.create",
+        routing_key="coupon.created",
+        body=b"{}",
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    assert outcome.event_message_id == identity.event_message_id("m-1")
+    assert model.coupon_id_for("m-1") == identity.coupon_id("m-1")
 
 
-def test_coupon_ids_use_the_workers_namespace() -> None:
-    """Needs the deterministic coupon ids of the worker (issue 9, item 1)."""
-    assert getattr(model, "COUPON_ID_NAMESPACE", None) == COUPON_ID_NAMESPACE
+def test_the_derived_ids_are_pinned() -> None:
+    """Changing a namespace changes every id a replay produces, and every golden file."""
+    assert identity.event_message_id("m-1") == "83f02886-6cfc-5799-90eb-da14a507cef1"
+    assert str(identity.coupon_id("m-1")) == "745f84e7-d4c8-5a0a-88c5-0ac516158982"
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 
 from contracts.commands import CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.events import CouponCreated, CouponError, CouponFound, CouponRedeemed, ErrorKind
-from worker.app.outcomes import EVENT_ID_NAMESPACE, Outcome
+from contracts.identity import COUPON_ID_NAMESPACE, EVENT_ID_NAMESPACE
+from worker.app.outcomes import Outcome
 from worker.domain.handlers import HANDLERS, handle
-from worker.domain.model import COUPON_ID_NAMESPACE, Coupon
+from worker.domain.model import Coupon
 from worker.domain.working_set import WorkingSet
 
 LOADED = Coupon(id=uuid.uuid4(), code="OLD", init_count=5, remaining_count=2)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
 
-# Event message ids derive from the command's message_id, so that every publication of one
-# command's outcome carries the same id, on any worker, without storing it.
-EVENT_ID_NAMESPACE: Final = uuid.UUID("6f7c4f0e-2b8a-4d7e-9a51-3c0d8e6b1f42")
+from contracts.identity import event_message_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,4 +22,5 @@ class Outcome:
 
     @property
     def event_message_id(self) -> str:
-        return str(uuid.uuid5(EVENT_ID_NAMESPACE, self.command_message_id))
+        # The same on every publication, on any worker, without storing it.
+        return event_message_id(self.command_message_id)
