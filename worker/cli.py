@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the contract's JSON Schema")
 
+    from worker.dead_letters import add_parser as add_dead_letters_parser
+
+    add_dead_letters_parser(commands)
+
     health = commands.add_parser("healthcheck", help="exit 0 if the worker's health file is fresh")
     health.add_argument("--max-age", type=float, default=30.0)
     return parser
@@ -128,6 +132,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, scrubber: Secr
         return await follow_events(settings, args.pattern, args.limit)
     if args.command == "healthcheck":
         return _healthcheck(settings, args.max_age)
+    if args.command == "dead-letters":
+        from worker.dead_letters import run as dead_letters
+
+        return await dead_letters(settings, args)
     if args.command == "prune":
         return await _prune(settings, args.older_than_days, args.batch_size)
     raise AssertionError(args.command)
