@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = commands.add_parser("healthcheck", help="exit 0 if the worker's health file is fresh")
     health.add_argument("--max-age", type=float, default=30.0)
+    health.add_argument(
+        "--http",
+        choices=("/healthz", "/readyz"),
+        help="probe the worker's HTTP endpoint on WORKER_HTTP_PORT instead of the health file",
+    )
     return parser
 
 
@@ -130,6 +135,15 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, scrubber: Secr
         from worker.tools import follow_events
 
         return await follow_events(settings, args.pattern, args.limit)
+    if args.command == "healthcheck" and args.http:
+        from worker.observability.health import probe
+
+        if settings.http_port is None:
+            _fail("WORKER_HTTP_PORT is not set, so there is no HTTP endpoint to probe")
+        failure = probe(settings.http_host, settings.http_port, args.http)
+        if failure:
+            _fail(failure)
+        return 0
     if args.command == "healthcheck":
         return _healthcheck(settings, args.max_age)
     if args.command == "dead-letters":

@@ -171,9 +171,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     connection = await _connect(settings)
     try:
         queue = DeadLetterQueue(connection, topology)
-        action: Callable[[DeadLetterQueue, argparse.Namespace, Output], Any] = _ACTIONS[
-            args.action
-        ]
+        action: Callable[[DeadLetterQueue, argparse.Namespace, Output], Any] = _ACTIONS[args.action]
         try:
             return int(await action(queue, args, Output()))
         except ChannelClosed as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from contracts.commands import Command, GetCoupon
 from contracts.events import Event
@@ -25,6 +26,12 @@ class Envelope:
 
     message_id: str
     command: Command
+
+
+class BatchProcessor(Protocol):
+    """What the consumer needs of the pipeline; decorators (metrics, tracing) implement it too."""
+
+    async def process(self, batch: Sequence[Envelope]) -> list[Outcome]: ...
 
 
 class Pipeline:

@@ -13,6 +13,7 @@ from pathlib import Path
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.names import Topology
@@ -24,6 +25,14 @@ from worker.faults import FaultPlan
 from worker.messaging import topology as broker_topology
 from worker.messaging.consumer import Consumer
 from worker.messaging.publisher import Publisher
+from worker.observability import health
+from worker.observability.health import ReadinessMonitor
+from worker.observability.metrics import (
+    MeteredPipeline,
+    MeteredPublisher,
+    Metrics,
+    metered_units_of_work,
+)
 from worker.pipeline import Pipeline
 from worker.settings import Settings, redact_url
 
@@ -108,6 +117,7 @@ async def _consume(
     faults: FaultPlan,
     redact: Callable[[str], str],
 ) -> int:
+    stop = asyncio.Event()
     consume_channel = await connection.channel()
     if settings.declare_topology:
         queue = await broker_topology.declare(consume_channel, topology, settings)
@@ -120,15 +130,44 @@ async def _consume(
     await publisher.start()
 
     sessions = create_session_factory(engine)
-    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(sessions), faults)
-    consumer = Consumer(settings, pipeline, publisher, faults, redact)
+    # Observability at the edge: decorators around the pipeline, the publisher and the unit
+    # of work, and one hook for what only the consumer sees.
+    metrics = Metrics()
+    units_of_work = metered_units_of_work(lambda: SqlAlchemyUnitOfWork(sessions), metrics)
+    pipeline = MeteredPipeline(Pipeline(units_of_work, faults), metrics)
+    consumer = Consumer(
+        settings,
+        pipeline,
+        MeteredPublisher(publisher, metrics),
+        faults,
+        redact,
+        on_delivery=metrics.delivered,
+    )
+    metrics.track_in_flight(lambda: consumer.in_flight)
+    monitor = ReadinessMonitor(
+        metrics,
+        broker=lambda: not connection.is_closed,
+        database=lambda: _database_answers(engine),
+        consuming=lambda: consumer.consuming and not stop.is_set(),
+        dead_letters=lambda: _dead_letter_depth(connection, topology),
+    )
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     heartbeat = asyncio.create_task(_heartbeat(settings.health_file, connection))
     await consumer.start(queue, consume_channel)
+    async with health.serving(settings.http_host, settings.http_port, monitor, metrics):
+        return await _run_until_stopped(settings, topology, consumer, stop, heartbeat)
+
+
+async def _run_until_stopped(
+    settings: Settings,
+    topology: Topology,
+    consumer: Consumer,
+    stop: asyncio.Event,
+    heartbeat: asyncio.Task[None],
+) -> int:
     log.info(
         "worker_ready",
         queue=topology.worker_queue,
@@ -156,6 +195,18 @@ async def _consume(
         cause = None if failed.cancelled() else failed.exception()
         raise RuntimeError("the dispatcher stopped unexpectedly") from cause
     return 0
+
+
+async def _database_answers(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def _dead_letter_depth(connection: AbstractRobustConnection, topology: Topology) -> int:
+    # A channel of its own: a failed passive declare closes the channel it was made on.
+    async with connection.channel() as channel:
+        declared = await channel.declare_queue(topology.dead_queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
 
 
 async def _heartbeat(health_file: Path | None, connection: AbstractRobustConnection) -> None:

@@ -28,8 +28,8 @@ from worker.domain.model import Outcome
 from worker.faults import NO_FAULTS, FaultPlan, FaultPoint
 from worker.logs import message_context
 from worker.messaging.outage import OutageLog
-from worker.messaging.publisher import Publisher
-from worker.pipeline import Envelope, Pipeline
+from worker.messaging.publisher import OutcomePublisher
+from worker.pipeline import BatchProcessor, Envelope
 from worker.settings import Settings
 
 log = structlog.stdlib.get_logger("worker.consumer")
@@ -45,11 +45,13 @@ class Consumer:
     def __init__(
         self,
         settings: Settings,
-        pipeline: Pipeline,
-        publisher: Publisher,
+        pipeline: BatchProcessor,
+        publisher: OutcomePublisher,
         faults: FaultPlan = NO_FAULTS,
         redact: Callable[[str], str] = lambda text: text,
+        on_delivery: Callable[[AbstractIncomingMessage], None] = lambda message: None,
     ) -> None:
+        self._on_delivery = on_delivery  # metrics and tracing see each delivery here
         self._settings = settings
         self._pipeline = pipeline
         self._publisher = publisher
@@ -155,7 +157,17 @@ class Consumer:
 
     # --- receiving and batching ------------------------------------------------------------
 
+    @property
+    def in_flight(self) -> int:
+        """Messages delivered and not yet settled."""
+        return len(self._unsettled)
+
+    @property
+    def consuming(self) -> bool:
+        return self._consumer_tag is not None and not self._channel.is_closed
+
     async def _receive(self, message: AbstractIncomingMessage) -> None:
+        self._on_delivery(message)
         self._unsettled.add(message)
         self._all_settled.clear()
         self._inbox.put_nowait(message)

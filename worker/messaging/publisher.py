@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
@@ -19,6 +19,16 @@ from worker.domain.model import Outcome
 # When the worker dead-lettered a command (an AMQP timestamp); RabbitMQ's own dead letters carry
 # the time in x-death. `coupon-worker dead-letters` shows and filters by it.
 DEAD_LETTERED_AT_HEADER: Final = "x-dead-lettered-at"
+
+
+class OutcomePublisher(Protocol):
+    """What the consumer needs of the publisher; decorators (metrics, tracing) implement it too."""
+
+    async def publish_outcome(self, outcome: Outcome, command: AbstractIncomingMessage) -> None: ...
+
+    async def dead_letter(
+        self, command: AbstractIncomingMessage, error: str, detail: str, reply_error: str
+    ) -> None: ...
 
 
 class Publisher:
