@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("schema", help="print the contract's JSON Schema")
+    commands.add_parser("asyncapi", help="print the contract as an AsyncAPI 3.0 document")
 
     from worker.dead_letters import add_parser as add_dead_letters_parser
 
@@ -105,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from contracts.schema import main as print_schema
 
         print_schema()
+        return
+    if args.command == "asyncapi":
+        from contracts.asyncapi import main as print_asyncapi
+
+        print_asyncapi()
         return
     try:
         settings = Settings()
