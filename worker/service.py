@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,8 +24,8 @@ from worker.errors import describe_startup_failure
 from worker.faults import FaultPlan
 from worker.messaging import topology as broker_topology
 from worker.messaging.consumer import Consumer
-from worker.messaging.publisher import Publisher
-from worker.observability import health
+from worker.messaging.publisher import OutcomePublisher, Publisher
+from worker.observability import health, tracing
 from worker.observability.health import ReadinessMonitor
 from worker.observability.metrics import (
     MeteredPipeline,
@@ -33,7 +33,7 @@ from worker.observability.metrics import (
     Metrics,
     metered_units_of_work,
 )
-from worker.pipeline import Pipeline
+from worker.pipeline import BatchProcessor, Pipeline
 from worker.settings import Settings, redact_url
 
 log = structlog.stdlib.get_logger("worker")
@@ -134,15 +134,15 @@ async def _consume(
     # of work, and one hook for what only the consumer sees.
     metrics = Metrics()
     units_of_work = metered_units_of_work(lambda: SqlAlchemyUnitOfWork(sessions), metrics)
-    pipeline = MeteredPipeline(Pipeline(units_of_work, faults), metrics)
-    consumer = Consumer(
-        settings,
-        pipeline,
-        MeteredPublisher(publisher, metrics),
-        faults,
-        redact,
-        on_delivery=metrics.delivered,
-    )
+    pipeline: BatchProcessor = MeteredPipeline(Pipeline(units_of_work, faults), metrics)
+    outcomes: OutcomePublisher = MeteredPublisher(publisher, metrics)
+    on_delivery: Callable[[AbstractIncomingMessage], None] = metrics.delivered
+    traced = tracing.configure()
+    if traced is not None:  # off: nothing of OpenTelemetry is imported or wired
+        tracer = tracing.Tracing(traced)
+        pipeline, outcomes = tracer.pipeline(pipeline), tracer.publisher(outcomes)
+        on_delivery = _both(metrics.delivered, tracer.delivered)
+    consumer = Consumer(settings, pipeline, outcomes, faults, redact, on_delivery=on_delivery)
     metrics.track_in_flight(lambda: consumer.in_flight)
     monitor = ReadinessMonitor(
         metrics,
@@ -157,8 +157,23 @@ async def _consume(
         loop.add_signal_handler(signum, stop.set)
     heartbeat = asyncio.create_task(_heartbeat(settings.health_file, connection))
     await consumer.start(queue, consume_channel)
-    async with health.serving(settings.http_host, settings.http_port, monitor, metrics):
-        return await _run_until_stopped(settings, topology, consumer, stop, heartbeat)
+    try:
+        async with health.serving(settings.http_host, settings.http_port, monitor, metrics):
+            return await _run_until_stopped(settings, topology, consumer, stop, heartbeat)
+    finally:
+        if traced is not None:
+            await asyncio.to_thread(traced.shutdown)  # flush the spans still buffered
+
+
+def _both(
+    first: Callable[[AbstractIncomingMessage], None],
+    second: Callable[[AbstractIncomingMessage], None],
+) -> Callable[[AbstractIncomingMessage], None]:
+    def hook(message: AbstractIncomingMessage) -> None:
+        first(message)
+        second(message)
+
+    return hook
 
 
 async def _run_until_stopped(
