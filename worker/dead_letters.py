@@ -136,7 +136,9 @@ class Output:
     def table(self, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
         from rich.table import Table
 
-        table = Table(*columns, show_lines=False)
+        table = Table(show_lines=False)
+        for column in columns:
+            table.add_column(column, no_wrap=column != "value", overflow="ellipsis")
         for row in rows:
             table.add_row(*(_cell(row.get(column)) for column in columns))
         self.console.print(table)
