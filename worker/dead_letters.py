@@ -280,9 +280,19 @@ async def _redrive(queue: DeadLetterQueue, args: argparse.Namespace, out: Output
                 else:
                     chosen.append(letter)
             sending = progress.add_task("re-driving", total=len(chosen))
-            async for letter in queue.redrive(chosen):
-                progress.advance(sending)
-                _report(out, letter, now, "redriven", counts)
+            try:
+                async for letter in queue.redrive(chosen):
+                    progress.advance(sending)
+                    _report(out, letter, now, "redriven", counts)
+            except aio_pika.exceptions.AMQPError as error:
+                # Unroutable (no queue bound to coupon.commands for its key) or refused: this
+                # letter and those after it stay in the dead-letter queue.
+                _summary(out, counts)
+                raise StartupError(
+                    f"the broker did not take a re-driven letter ({type(error).__name__}: "
+                    f"{error}); {counts['redriven']} re-driven, the rest left in the queue: is "
+                    "a worker's queue bound to coupon.commands?"
+                ) from None
     _summary(out, counts, "invalid letters are refused: fix and re-send them, or --force")
     return 0
 

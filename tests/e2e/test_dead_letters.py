@@ -184,3 +184,24 @@ async def test_a_redrive_killed_half_way_and_run_again_loses_and_doubles_nothing
         f"FIGURES redrive killed after {KILL_AFTER} reported: {left} left, "
         f"{redriven_twice} re-driven twice, remaining {LETTERS} applied once"
     )
+
+
+async def test_a_letter_the_broker_cannot_route_stays_in_the_queue(
+    broker: Broker, cli_env: dict[str, str]
+) -> None:
+    dead = await broker.ch.get_exchange(broker.topology.dead_exchange, ensure=False)
+    await dead.publish(
+        aio_pika.Message(
+            b'{"code": "X"}',
+            message_id="unroutable",
+            headers={"x-error": "ProcessingFailed", "x-error-detail": "failed"},
+        ),
+        routing_key="billing.refund",  # not bound to the worker's queue (coupon.*)
+    )
+    await _wait_depth(broker, 1)
+    refused = await run(cli_env, "dead-letters", "redrive")
+    assert refused.returncode == 2, refused
+    assert "did not take a re-driven letter" in refused.stderr and "0 re-driven" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    await asyncio.sleep(1)
+    assert [m.message_id for m in await broker.dead_letters()] == ["unroutable"]

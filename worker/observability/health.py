@@ -31,6 +31,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import structlog
 from prometheus_client import make_wsgi_app
 
+from worker.errors import StartupError
 from worker.observability.metrics import Metrics
 
 log = structlog.stdlib.get_logger("worker.health")
@@ -204,7 +205,15 @@ async def serving(
     try:
         if port is not None:
             server = HealthServer(asyncio.get_running_loop(), monitor, metrics)
-            port = await asyncio.to_thread(server.start, host, port)
+            try:
+                port = await asyncio.to_thread(server.start, host, port)
+            except OSError as error:
+                server = None
+                raise StartupError(
+                    f"cannot serve /healthz, /readyz and /metrics on {host}:{port} "
+                    f"({error.strerror or error}): choose another WORKER_HTTP_PORT or "
+                    "WORKER_HTTP_HOST, or unset WORKER_HTTP_PORT"
+                ) from None
             log.info("http_listening", host=host, port=port, paths="/healthz /readyz /metrics")
         yield port
     finally:
