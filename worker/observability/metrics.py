@@ -120,6 +120,11 @@ class Metrics:
             }
         )
 
+        # Labelled children looked up once: `labels()` takes a lock and builds a key per call.
+        self.outcome_confirm = self.confirm_duration.labels("outcome")
+        self.dead_letter_confirm = self.confirm_duration.labels("dead_letter")
+        self._commands: dict[tuple[str, str], Counter] = {}
+
     def delivered(self, message: AbstractIncomingMessage) -> None:
         """The consumer's hook, once per delivery."""
         if message.redelivered:
@@ -132,7 +137,11 @@ class Metrics:
         label = outcome.routing_key.removeprefix("coupon.")
         if outcome.routing_key == names.ERROR:
             label = str(json.loads(outcome.body).get("error", "unknown"))
-        self.commands.labels(outcome.command, label).inc()
+        key = (outcome.command, label)
+        child = self._commands.get(key)
+        if child is None:
+            child = self._commands[key] = self.commands.labels(*key)
+        child.inc()
 
 
 def _version() -> str:
@@ -163,7 +172,7 @@ class MeteredPublisher:
     async def publish_outcome(self, outcome: Outcome, command: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
         await self._inner.publish_outcome(outcome, command)
-        self._metrics.confirm_duration.labels("outcome").observe(time.perf_counter() - started)
+        self._metrics.outcome_confirm.observe(time.perf_counter() - started)
         self._metrics.outcome(outcome)
 
     async def dead_letter(
@@ -171,7 +180,7 @@ class MeteredPublisher:
     ) -> None:
         started = time.perf_counter()
         await self._inner.dead_letter(command, error, detail, reply_error)
-        self._metrics.confirm_duration.labels("dead_letter").observe(time.perf_counter() - started)
+        self._metrics.dead_letter_confirm.observe(time.perf_counter() - started)
         self._metrics.dead_lettered.labels(error).inc()
 
 
