@@ -113,7 +113,8 @@ def _imported_roots(path: Path) -> set[str]:
 
 def test_the_coupon_contracts_distribution_declares_what_its_modules_import() -> None:
     """contracts/pyproject.toml (the client distribution) must declare every third-party
-    import of the package: pydantic for the models, aio-pika only for the client extra."""
+    import of the package: pydantic for the models, aio-pika only for the client extra,
+    OpenTelemetry's API only for the tracing extra."""
     folder = Path(contracts.__file__).parent
     project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
     assert [d.split(">")[0] for d in project["dependencies"]] == ["pydantic"]
@@ -123,5 +124,8 @@ def test_the_coupon_contracts_distribution_declares_what_its_modules_import() ->
         roots = _imported_roots(module) - set(sys.stdlib_module_names) - {"contracts"}
         third_party[module.name] = roots
     client = third_party.pop("client.py")
-    assert "aio_pika" in client and client <= {"aio_pika", "pydantic"}, client
+    assert "aio_pika" in client and client <= {"aio_pika", "pydantic", "opentelemetry"}, client
+    # The client injects the current trace only when OpenTelemetry is there (extra `tracing`).
+    tracing = [d.split(">")[0] for d in project["optional-dependencies"]["tracing"]]
+    assert tracing == ["opentelemetry-api"]
     assert set().union(*third_party.values()) <= {"pydantic", "pydantic_core"}, third_party
