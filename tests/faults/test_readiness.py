@@ -25,7 +25,7 @@ def services_restored() -> Iterator[None]:
 
 
 @pytest.mark.disruptive
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(300)
 async def test_readyz_is_unready_while_postgresql_is_stopped_and_ready_after(
     broker: Broker, start_worker: StartWorker, db: AsyncEngine, database_url: str
 ) -> None:
