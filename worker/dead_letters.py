@@ -2,17 +2,17 @@
 
 A table on a terminal (and a progress bar for long operations, on standard error); JSON lines
 when piped, one object per letter. How letters are read, re-driven and removed without loss is
-`worker.messaging.dead_letter_queue`'s business; this module chooses and shows them.
+`worker.messaging.dead_letter_queue`'s business, which letters are meant
+`worker.dead_letter_filters`'; this module runs the four actions and shows them (longer than
+most modules: one subcommand's parser, actions and presentation, read top to bottom).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -20,6 +20,7 @@ import aio_pika
 from aiormq.exceptions import ChannelClosed
 
 from contracts.names import Topology
+from worker.dead_letter_filters import LetterFilter, duration
 from worker.errors import StartupError, describe_startup_failure
 from worker.messaging.dead_letter_queue import DeadLetter, DeadLetterQueue, Snapshot
 from worker.settings import Settings
@@ -29,16 +30,6 @@ if TYPE_CHECKING:  # rich is imported when a dead-letters command runs, not for 
     from rich.progress import Progress
 
 DEFAULT_LIMIT: Final = 10_000
-_DURATION: Final = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
-_UNIT_SECONDS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration(text: str) -> float:
-    """`90`, `90s`, `30m`, `12h`, `7d` → seconds."""
-    found = _DURATION.match(text.strip())
-    if found is None:
-        raise argparse.ArgumentTypeError("a duration such as 90s, 30m, 12h or 7d")
-    return float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
 
 
 def _limit(text: str) -> int:
@@ -83,41 +74,6 @@ def add_parser(commands: Any) -> None:
             default=DEFAULT_LIMIT,
             help=f"read at most this many letters (default {DEFAULT_LIMIT})",
         )
-
-
-@dataclass(frozen=True)
-class LetterFilter:
-    errors: frozenset[str] = frozenset()
-    routing_keys: frozenset[str] = frozenset()
-    message_ids: frozenset[str] = frozenset()
-    older_than: float | None = None
-    newer_than: float | None = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> LetterFilter:
-        return cls(
-            frozenset(getattr(args, "error", [])),
-            frozenset(getattr(args, "routing_key", [])),
-            frozenset(getattr(args, "message_id", [])),
-            getattr(args, "older_than", None),
-            getattr(args, "newer_than", None),
-        )
-
-    def matches(self, letter: DeadLetter, now: datetime) -> bool:
-        if self.errors and letter.error not in self.errors:
-            return False
-        if self.routing_keys and letter.routing_key not in self.routing_keys:
-            return False
-        if self.message_ids and letter.message_id not in self.message_ids:
-            return False
-        if self.older_than is None and self.newer_than is None:
-            return True
-        age = letter.age_seconds(now)  # a letter of unknown age matches no age filter
-        if age is None:
-            return False
-        if self.older_than is not None and age < self.older_than:
-            return False
-        return self.newer_than is None or age < self.newer_than
 
 
 class Output:
