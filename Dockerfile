@@ -27,7 +27,7 @@ WORKDIR /app
 # Dependencies first, so that a change to the code alone reuses this layer.
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project
+    uv sync --frozen --no-dev --extra tracing --no-install-project
 
 # Then the project itself, installed as a wheel (not editable): the alembic environment and
 # revisions ship in the wheel as the package `migrations`, found as a package resource by
@@ -37,7 +37,7 @@ COPY contracts ./contracts
 COPY worker ./worker
 COPY migrations ./migrations
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    uv sync --frozen --no-dev --no-editable --extra tracing
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime
@@ -51,13 +51,19 @@ ENV PATH=/app/.venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     WORKER_LOG_FORMAT=json \
-    WORKER_HEALTH_FILE=/tmp/coupon-worker.health
+    WORKER_HEALTH_FILE=/tmp/coupon-worker.health \
+    WORKER_HTTP_HOST=0.0.0.0 \
+    WORKER_HTTP_PORT=8080
 USER coupon:coupon
 
-# `run` touches WORKER_HEALTH_FILE every 5 s while its broker connection is up;
-# `healthcheck` fails when the file is missing or older than --max-age seconds.
+# /healthz, /readyz and /metrics (Prometheus) on WORKER_HTTP_PORT. The health check asks
+# /healthz: the process is alive and its event loop responsive (an outage of PostgreSQL or
+# RabbitMQ does not make it unhealthy: the worker rides those out itself). Orchestrators route
+# readiness to /readyz. `coupon-worker healthcheck` without --http still checks the file that
+# `run` touches every 5 s (WORKER_HEALTH_FILE), for exec probes elsewhere.
+EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["coupon-worker", "healthcheck", "--max-age", "30"]
+    CMD ["coupon-worker", "healthcheck", "--http", "/healthz"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["coupon-worker"]
 CMD ["run"]

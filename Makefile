@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --all-extras
 
 services:
 	scripts/ensure-services

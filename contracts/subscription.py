@@ -16,10 +16,11 @@ ended the loop); a bare `async for` cannot tell a `break` from an error, and ret
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aio_pika
 from aio_pika.abc import (
@@ -45,7 +46,23 @@ def read_outcome(message: AbstractIncomingMessage, routing_key: str | None = Non
     )
 
 
+@functools.cache
+def _inject() -> Callable[[dict[str, Any]], None] | None:
+    """OpenTelemetry's propagator when it is installed (the `tracing` extra), else None."""
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return None
+    return propagate.inject
+
+
 def to_amqp(message: CommandMessage) -> aio_pika.Message:
+    """The AMQP message; with OpenTelemetry installed, headers carry the current trace
+    (W3C traceparent) on to the worker, its spans and its outcome."""
+    headers = dict(message.headers)
+    inject = _inject()
+    if inject is not None:
+        inject(headers)  # writes nothing without a current span
     return aio_pika.Message(
         message.body,
         message_id=message.message_id,
@@ -54,7 +71,7 @@ def to_amqp(message: CommandMessage) -> aio_pika.Message:
         content_type=message.content_type,
         type=message.type,
         delivery_mode=aio_pika.DeliveryMode(message.delivery_mode),
-        headers=message.headers or None,
+        headers=headers or None,
     )
 
 

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     queue_type: QueueType = QueueType.QUORUM
     delivery_limit: Annotated[int, Field(ge=1, le=1000)] = 20
     max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+    # True when an operator's policy gives a queue declared under contract v1 at-least-once
+    # dead-lettering (queue arguments cannot change); see README, "Dead letters".
+    dead_lettering_by_policy: bool = False
 
     prefetch: Annotated[int, Field(ge=1, le=10_000)] = 256
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
@@ -77,6 +80,9 @@ class Settings(BaseSettings):
     health_file: Path | None = Field(
         default=None, description="touched every few seconds while the worker consumes"
     )
+    # /healthz, /readyz and /metrics; unset: no HTTP server; 0: any free port (logged).
+    http_port: Annotated[int | None, Field(ge=0, le=65535)] = None
+    http_host: str = "127.0.0.1"
 
     # Fault injection for the fault-test suite (worker/testing/faults.py), wired only by the
     # composition root (worker/entrypoints/run.py). Never set in production.

@@ -11,6 +11,7 @@ WORKER = Path(__file__).resolve().parents[2] / "worker"
 # Higher floors may import lower ones; packages on one floor do not import each other.
 FLOORS: dict[str, int] = {
     "entrypoints": 5,
+    "observability": 4,
     "testing": 4,
     "messaging": 3,
     "db": 3,

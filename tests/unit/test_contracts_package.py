@@ -118,7 +118,7 @@ def test_the_coupon_contracts_distribution_declares_what_its_modules_import() ->
     """contracts/pyproject.toml (the client distribution) must declare every third-party
     import of the package: pydantic for the models, aio-pika for the `client` extra, pytest and
     pytest-asyncio (plus aio-pika) for the `testing` extra, whose real backend alone needs the
-    worker's asyncpg."""
+    worker's asyncpg; OpenTelemetry's API only for the `tracing` extra."""
     folder = Path(contracts.__file__).parent
     project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
@@ -130,6 +130,8 @@ def test_the_coupon_contracts_distribution_declares_what_its_modules_import() ->
         "pytest-asyncio",
     ]
     assert project["entry-points"]["pytest11"] == {"coupon": "contracts.testing.plugin"}
+    # The client injects the current trace only when OpenTelemetry is there (extra `tracing`).
+    assert [d.split(">")[0] for d in extras["tracing"]] == ["opentelemetry-api"]
 
     def third_party(module: Path) -> set[str]:
         return _imported_roots(module) - set(sys.stdlib_module_names) - {"contracts"}
@@ -137,7 +139,9 @@ def test_the_coupon_contracts_distribution_declares_what_its_modules_import() ->
     client_modules = {"client.py", "subscription.py", "replay.py"}
     for module in sorted(folder.glob("*.py")):
         roots = third_party(module)
-        if module.name in client_modules:
+        if module.name == "subscription.py":  # to_amqp: the current trace, when installed
+            assert "aio_pika" in roots and roots <= {"aio_pika", "pydantic", "opentelemetry"}
+        elif module.name in client_modules:
             assert "aio_pika" in roots and roots <= {"aio_pika", "pydantic"}, module
         else:
             assert roots <= {"pydantic", "pydantic_core"}, module

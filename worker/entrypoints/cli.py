@@ -1,4 +1,5 @@
-"""`coupon-worker`: run, migrate, publish, events, record, replay, prune, schema, healthcheck.
+"""`coupon-worker`: run, migrate, publish, events, record, replay, dead-letters, prune, schema,
+asyncapi, healthcheck.
 
 The parser and the dispatch, plus the three small database commands (migrate, prune,
 healthcheck); over 200 lines because the parser's help texts are most of it. Each command's
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("schema", help="print the contract's JSON Schema")
+    commands.add_parser("asyncapi", help="print the contract as an AsyncAPI 3.0 document")
+
+    from worker.entrypoints.dead_letters import add_parser as add_dead_letters_parser
+
+    add_dead_letters_parser(commands)
 
     from worker.entrypoints.recording_commands import add_parsers as add_recording_parsers
 
@@ -93,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = commands.add_parser("healthcheck", help="exit 0 if the worker's health file is fresh")
     health.add_argument("--max-age", type=float, default=30.0)
+    health.add_argument(
+        "--http",
+        choices=("/healthz", "/readyz"),
+        help="probe the worker's HTTP endpoint on WORKER_HTTP_PORT instead of the health file",
+    )
     return parser
 
 
@@ -102,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from contracts.schema import main as print_schema
 
         print_schema()
+        return
+    if args.command == "asyncapi":
+        from contracts.asyncapi import main as print_asyncapi
+
+        print_asyncapi()
         return
     try:
         settings = Settings()
@@ -137,7 +153,11 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, scrubber: Secr
 
         return await run_recording_command(settings, args)
     if args.command == "healthcheck":
-        return _healthcheck(settings, args.max_age)
+        return _healthcheck(settings, args.max_age, args.http)
+    if args.command == "dead-letters":
+        from worker.entrypoints.dead_letters import run as dead_letters
+
+        return await dead_letters(settings, args)
     if args.command == "prune":
         return await _prune(settings, args.older_than_days, args.batch_size)
     raise AssertionError(args.command)
@@ -199,7 +219,16 @@ async def _prune(settings: Settings, older_than_days: float, batch_size: int) ->
     return 0
 
 
-def _healthcheck(settings: Settings, max_age: float) -> int:
+def _healthcheck(settings: Settings, max_age: float, http_path: str | None) -> int:
+    if http_path is not None:
+        from worker.observability.health import probe
+
+        if settings.http_port is None:
+            _fail("WORKER_HTTP_PORT is not set, so there is no HTTP endpoint to probe")
+        failure = probe(settings.http_host, settings.http_port, http_path)
+        if failure:
+            _fail(failure)
+        return 0
     path = settings.health_file
     if path is None:
         _fail("WORKER_HEALTH_FILE is not set, so there is nothing to check")

@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import structlog
 from aio_pika.abc import AbstractRobustConnection
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.names import Topology
 from worker.app.pipeline import Handle, Pipeline
-from worker.app.ports import UnitOfWork
 from worker.db import migrations
 from worker.db.engine import create_session_factory, database
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
@@ -27,6 +27,8 @@ from worker.messaging.connection import connect_broker, heartbeat
 from worker.messaging.consumer import Consumer
 from worker.messaging.publisher import Publisher
 from worker.messaging.settlement import OutcomePublisher
+from worker.observability import health
+from worker.observability.instrumentation import Instrumentation
 from worker.settings import Settings, redact_url
 from worker.testing.faults import FaultPlan
 from worker.testing.injection import FaultInjection
@@ -81,23 +83,49 @@ async def _consume(
     await publisher.start()
 
     sessions = create_session_factory(engine)
-    unit_of_work: Callable[[], UnitOfWork] = lambda: SqlAlchemyUnitOfWork(sessions)  # noqa: E731
+    # Decorators at the edge: metrics and traces (`instruments`), then fault injection.
+    instruments = Instrumentation()
+    unit_of_work = instruments.unit_of_work(lambda: SqlAlchemyUnitOfWork(sessions))
     handler: Handle = handle
-    outcomes: OutcomePublisher = publisher
+    outcomes: OutcomePublisher = instruments.publisher(publisher)
     if faults:
         injection = FaultInjection(faults)
         unit_of_work = injection.unit_of_work(unit_of_work)
         handler = injection.handle(handler)
         outcomes = injection.publisher(outcomes)
-    pipeline = Pipeline(unit_of_work, handler)
-    consumer = Consumer(settings, pipeline, outcomes, redact)
+    pipeline = instruments.pipeline(Pipeline(unit_of_work, handler))
+    consumer = Consumer(settings, pipeline, outcomes, redact, on_delivery=instruments.delivered)
+    instruments.metrics.track_in_flight(lambda: consumer.in_flight)
 
     stop = asyncio.Event()
+    readiness = health.ReadinessMonitor(
+        instruments.metrics,
+        broker=lambda: not connection.is_closed,
+        database=lambda: _database_answers(engine),
+        consuming=lambda: consumer.consuming and not stop.is_set(),
+        dead_letters=lambda: _dead_letter_depth(connection, topology),
+    )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     beating = asyncio.create_task(heartbeat(settings.health_file, connection))
     await consumer.start(queue, consume_channel)
+    try:
+        async with health.serving(
+            settings.http_host, settings.http_port, readiness, instruments.metrics
+        ):
+            return await _run_until_stopped(settings, topology, consumer, stop, beating)
+    finally:
+        await instruments.close()
+
+
+async def _run_until_stopped(
+    settings: Settings,
+    topology: Topology,
+    consumer: Consumer,
+    stop: asyncio.Event,
+    beating: asyncio.Task[None],
+) -> int:
     log.info(
         "worker_ready",
         queue=topology.worker_queue,
@@ -125,3 +153,15 @@ async def _consume(
         cause = None if failed.cancelled() else failed.exception()
         raise RuntimeError("the dispatcher stopped unexpectedly") from cause
     return 0
+
+
+async def _database_answers(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def _dead_letter_depth(connection: AbstractRobustConnection, topology: Topology) -> int:
+    # A channel of its own: a failed passive declare closes the channel it was made on.
+    async with connection.channel() as channel:
+        declared = await channel.declare_queue(topology.dead_queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)

@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from worker.app.pipeline import BatchProcessor
 from worker.messaging.batches import BatchHandler
 from worker.messaging.connection import broker_call
-from worker.messaging.intake import Intake
+from worker.messaging.intake import DeliveryHook, Intake
 from worker.messaging.retry import RetryPolicy
 from worker.messaging.settlement import OutcomePublisher, Settlement
 from worker.settings import Settings
@@ -44,6 +44,7 @@ class Consumer:
         publisher: OutcomePublisher,
         redact: Callable[[str], str] = lambda text: text,
         retry: RetryPolicy | None = None,
+        on_delivery: DeliveryHook | None = None,
     ) -> None:
         self._settlement = Settlement(publisher)
         batches = BatchHandler(
@@ -55,11 +56,21 @@ class Consumer:
             prefetch=settings.prefetch,
             batch_size=settings.batch_size,
             concurrency=settings.concurrency,
+            on_delivery=on_delivery,
         )
 
     async def start(self, queue: AbstractQueue, channel: AbstractChannel) -> None:
         self._channel = channel
         await self._intake.start(queue, channel)
+
+    @property
+    def in_flight(self) -> int:
+        """Messages delivered and not yet settled."""
+        return self._settlement.unsettled
+
+    @property
+    def consuming(self) -> bool:
+        return self._intake.consuming
 
     async def stop(self, grace_period: float) -> int:
         """Stop taking deliveries, finish what was delivered, return the rest. Returns how

@@ -25,6 +25,8 @@ from worker.messaging.settlement import Settlement
 log = structlog.stdlib.get_logger("worker.consumer")
 
 HandleBatch = Callable[[Sequence[AbstractIncomingMessage]], Coroutine[Any, Any, None]]
+# Sees each delivery as it arrives (the composition root's metrics and tracing).
+DeliveryHook = Callable[[AbstractIncomingMessage], None]
 
 
 class Intake:
@@ -36,7 +38,9 @@ class Intake:
         prefetch: int,
         batch_size: int,
         concurrency: int,
+        on_delivery: DeliveryHook | None = None,
     ) -> None:
+        self._on_delivery = on_delivery
         self._settlement = settlement
         self._handle = handle
         self._prefetch = prefetch
@@ -60,6 +64,11 @@ class Intake:
         """Runs until cancelled; ends by itself only through a bug."""
         assert self._dispatcher is not None, "start() first"
         return self._dispatcher
+
+    @property
+    def consuming(self) -> bool:
+        """A consumer is registered on a channel that is open."""
+        return self._consumer_tag is not None and not self._channel.is_closed
 
     async def stop_deliveries(self, within: float) -> None:
         """Cancel the consumer: the broker delivers nothing more."""
@@ -94,6 +103,8 @@ class Intake:
             log.warning("prefetch_open_failed", error=repr(error))
 
     async def _receive(self, message: AbstractIncomingMessage) -> None:
+        if self._on_delivery is not None:
+            self._on_delivery(message)
         self._settlement.receive(message)
         self._inbox.put_nowait(message)
 

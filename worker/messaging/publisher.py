@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
@@ -14,6 +15,10 @@ from contracts import names
 from contracts.events import InvalidCommandReply
 from contracts.names import Topology
 from worker.app.outcomes import Outcome
+
+# When the worker dead-lettered a command (an AMQP timestamp); RabbitMQ's own dead letters carry
+# the time in x-death. `coupon-worker dead-letters` shows and filters by it.
+DEAD_LETTERED_AT_HEADER: Final = "x-dead-lettered-at"
 
 
 class Publisher:
@@ -80,6 +85,7 @@ class Publisher:
         headers = dict(command.headers or {})
         headers[names.ERROR_HEADER] = error
         headers[names.ERROR_DETAIL_HEADER] = detail
+        headers[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC)
         copy = Message(
             command.body,
             headers=headers,

@@ -1,0 +1,57 @@
+"""What the composition root wraps around the worker's parts so that an operator can watch it:
+metrics always, OpenTelemetry traces when the `OTEL_*` variables ask for them (else nothing of
+OpenTelemetry is imported). The same shape as `worker.testing.injection`: decorators over the
+app's and messaging's Protocols, plus the consumer's delivery hook.
+
+Order, innermost first: a traced publisher publishes each outcome under its own command's trace
+(one inner call per outcome), so it sits next to the real publisher; the metered one around it
+times the batch's confirms as a whole; fault injection, applied after these, stays outermost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from worker.app.pipeline import BatchProcessor
+from worker.app.ports import UnitOfWork
+from worker.messaging.settlement import OutcomePublisher
+from worker.observability import tracing
+from worker.observability.metered import (
+    MeteredPipeline,
+    MeteredPublisher,
+    metered_units_of_work,
+)
+from worker.observability.metrics import Metrics
+
+
+class Instrumentation:
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self._provider = tracing.configure()  # None: tracing is off
+        self._tracing = tracing.Tracing(self._provider) if self._provider is not None else None
+
+    def unit_of_work(self, factory: Callable[[], UnitOfWork]) -> Callable[[], UnitOfWork]:
+        return metered_units_of_work(factory, self.metrics)
+
+    def publisher(self, publisher: OutcomePublisher) -> OutcomePublisher:
+        if self._tracing is not None:
+            publisher = self._tracing.publisher(publisher)
+        return MeteredPublisher(publisher, self.metrics)
+
+    def pipeline(self, pipeline: BatchProcessor) -> BatchProcessor:
+        metered = MeteredPipeline(pipeline, self.metrics)
+        return self._tracing.pipeline(metered) if self._tracing is not None else metered
+
+    def delivered(self, message: AbstractIncomingMessage) -> None:
+        """The consumer's delivery hook: redeliveries counted, trace contexts remembered."""
+        self.metrics.delivered(message)
+        if self._tracing is not None:
+            self._tracing.delivered(message)
+
+    async def close(self) -> None:
+        """Flush the spans still buffered (off the loop: the exporter blocks)."""
+        if self._provider is not None:
+            await asyncio.to_thread(self._provider.shutdown)
