@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,6 +22,7 @@ from worker.errors import describe_startup_failure
 from worker.faults import FaultPlan
 from worker.messaging import topology as broker_topology
 from worker.messaging.consumer import Consumer
+from worker.messaging.failover import connect_any
 from worker.messaging.publisher import Publisher
 from worker.pipeline import Pipeline
 from worker.settings import Settings, redact_url
@@ -47,11 +47,11 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 async def connect_broker(
     settings: Settings, name: str = "coupon-worker"
 ) -> AbstractRobustConnection:
-    connection = await aio_pika.connect_robust(
-        settings.amqp_url.get_secret_value(),
+    connection = await connect_any(
+        settings.amqp_urls(),  # one or several nodes, tried in turn (worker.messaging.failover)
         ssl_context=ssl_context(settings),
         client_properties={"connection_name": name},
-        timeout=10,
+        attempt_timeout=10,
         reconnect_interval=1,
     )
     connection.close_callbacks.add(_log_connection_lost)

@@ -11,6 +11,9 @@ from urllib.parse import unquote
 
 from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from worker.addresses import AddressError, postgres_hosts_in_query, split_amqp_urls, split_urls
 
 
 class LogFormat(StrEnum):
@@ -25,7 +28,11 @@ class QueueType(StrEnum):
 
 
 class Settings(BaseSettings):
-    """Environment variables `WORKER_*`, plus the two service URLs `AMQP_URL` and `DATABASE_URL`."""
+    """Environment variables `WORKER_*`, plus the two service URLs `AMQP_URL` and `DATABASE_URL`.
+
+    Either URL may name several nodes (see `worker.addresses`): `AMQP_URL` as comma-separated
+    URLs, `DATABASE_URL` as a host list (`@h1:5432,h2:5433/`, stored in SQLAlchemy's
+    `?host=...&host=...` form) with `?target_session_attrs=read-write`."""
 
     model_config = SettingsConfigDict(env_prefix="WORKER_", frozen=True, extra="ignore")
 
@@ -70,16 +77,33 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
-        AmqpDsn(value.get_secret_value())  # raises a ValidationError naming the field
-        return value
+        urls = split_amqp_urls(value.get_secret_value())  # an AddressError is a ValueError
+        for url in urls:
+            AmqpDsn(url)  # raises a ValidationError naming the field
+        return SecretStr(",".join(urls))
 
     @field_validator("database_url")
     @classmethod
     def _postgres_scheme(cls, value: SecretStr) -> SecretStr:
-        url = PostgresDsn(value.get_secret_value())
-        if url.scheme != "postgresql+asyncpg":
+        raw = value.get_secret_value()
+        if raw.partition("://")[0] != "postgresql+asyncpg":
             raise ValueError("DATABASE_URL must use the postgresql+asyncpg:// scheme")
-        return value
+        if "?" in raw and any(
+            part.startswith("host=") for part in raw.partition("?")[2].split("&")
+        ):
+            # SQLAlchemy's multi-host form has no host before the path, which PostgresDsn
+            # refuses; SQLAlchemy's own parser checks it.
+            try:
+                make_url(raw)
+            except ValueError:
+                raise AddressError("DATABASE_URL is not a valid multi-host URL") from None
+            return value
+        PostgresDsn(raw)  # also reads libpq's host list `@h1:5432,h2:5433/`
+        return SecretStr(postgres_hosts_in_query(raw))
+
+    def amqp_urls(self) -> list[str]:
+        """The broker URLs, secrets included, in the order the connection tries them."""
+        return split_amqp_urls(self.amqp_url.get_secret_value())
 
     @field_validator("amqp_ca_file", "amqp_client_cert", "amqp_client_key")
     @classmethod
@@ -104,7 +128,9 @@ class Settings(BaseSettings):
                     f"{variable}: {value} is not a PEM CA bundle ({error.reason or error})"
                 ) from None
         url = info.data.get("amqp_url")
-        if isinstance(url, SecretStr) and not url.get_secret_value().startswith("amqps://"):
+        if isinstance(url, SecretStr) and not all(
+            part.startswith("amqps://") for part in split_urls(url.get_secret_value())
+        ):
             raise ValueError(f"{variable} is set, but AMQP_URL does not use amqps://")
         return value
 
@@ -122,7 +148,15 @@ _QUERY_PASSWORD: Final = re.compile(r"([?&][^=&#]*password[^=&#]*=)([^&#]*)", re
 
 
 def redact_url(url: str) -> str:
-    """`scheme://user:***@host:port/path`: where a URL points, without its password."""
+    """`scheme://user:***@host:port/path`: where a URL points, without its password. A
+    comma-separated list of URLs gives the list of their redactions."""
+    urls = split_urls(url)
+    if len(urls) > 1:
+        return ",".join(_redact_one(part) for part in urls)
+    return _redact_one(url)
+
+
+def _redact_one(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***"
@@ -159,8 +193,11 @@ def _query_passwords(url: str) -> list[str]:
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value that must never reach a log line or an error message."""
     found: list[str] = []
-    for url in (settings.amqp_url, settings.database_url):
-        raw = url.get_secret_value()
+    urls = [
+        *split_urls(settings.amqp_url.get_secret_value()),
+        settings.database_url.get_secret_value(),
+    ]
+    for raw in urls:
         password = url_password(raw)
         if password:
             found.append(password)

@@ -8,7 +8,9 @@ from typing import Any
 
 from contracts.client import CouponClient, ReceivedEvent
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
+from contracts.names import Topology
 from worker.errors import describe_startup_failure
+from worker.messaging.failover import connect_any
 from worker.service import ssl_context
 from worker.settings import Settings
 
@@ -31,15 +33,16 @@ def _record(received: ReceivedEvent) -> dict[str, Any]:
 
 
 async def _connect(settings: Settings) -> CouponClient:
+    # Built from its parts rather than with `CouponClient.connect(url)`, which takes one URL:
+    # AMQP_URL may name several nodes, tried in turn like the worker does.
     try:
-        return await CouponClient.connect(
-            settings.amqp_url.get_secret_value(),
-            settings.name_prefix,
-            ssl_context=ssl_context(settings),
-            timeout=10,
+        connection = await connect_any(
+            settings.amqp_urls(), ssl_context=ssl_context(settings), attempt_timeout=10
         )
     except Exception as error:
         raise describe_startup_failure(error, settings, "broker") from error
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    return CouponClient(connection, channel, Topology(settings.name_prefix))
 
 
 async def publish(settings: Settings, args: argparse.Namespace) -> int:
