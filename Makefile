@@ -28,7 +28,7 @@ test-fast: setup services
 	$(UV) run pytest -m "not faults" $(PYTEST_ARGS)
 
 # The cluster fault tests alone: three extra RabbitMQ nodes and a PostgreSQL standby on loopback
-# (scripts/rabbit-cluster, scripts/pg-standby), brought up and torn down by the tests; ~4 min.
+# (scripts/rabbit-cluster, scripts/pg-standby), brought up and torn down by the tests; ~6 min.
 # `make test` runs them too; run as root (the nodes run as the rabbitmq and postgres users).
 test-cluster: setup services
 	$(UV) run pytest -m cluster $(PYTEST_ARGS)

@@ -13,7 +13,7 @@ and pg_hba as before. What the worker wrote to the promoted standby is thrown aw
 was the test's own throw-away database). So the default cluster ends every test as it began:
 a running primary with all its data.
 
-Timing (2 loaded cores): the module takes ~3-4 minutes, most of it starting nodes, taking base
+Timing (2 loaded cores): the module takes ~6 minutes, most of it starting nodes, taking base
 backups and restarting PostgreSQL; `make test-cluster` runs it alone.
 """
 
