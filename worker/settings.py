@@ -11,7 +11,6 @@ from urllib.parse import unquote
 
 from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
 
 from worker.addresses import AddressError, postgres_hosts_in_query, split_amqp_urls, split_urls
 
@@ -93,6 +92,8 @@ class Settings(BaseSettings):
         ):
             # SQLAlchemy's multi-host form has no host before the path, which PostgresDsn
             # refuses; SQLAlchemy's own parser checks it.
+            from sqlalchemy.engine import make_url
+
             try:
                 make_url(raw)
             except ValueError:
