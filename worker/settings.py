@@ -12,6 +12,8 @@ from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, ValidationInfo, fie
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
 
+from worker.addresses import AddressError, postgres_hosts_in_query, split_amqp_urls, split_urls
+
 
 class LogFormat(StrEnum):
     AUTO = "auto"  # JSON lines off a terminal, readable on one
@@ -25,7 +27,11 @@ class QueueType(StrEnum):
 
 
 class Settings(BaseSettings):
-    """Environment variables `WORKER_*`, plus the two service URLs `AMQP_URL` and `DATABASE_URL`."""
+    """Environment variables `WORKER_*`, plus the two service URLs `AMQP_URL` and `DATABASE_URL`.
+
+    Either URL may name several nodes (see `worker.addresses`): `AMQP_URL` as comma-separated
+    URLs, `DATABASE_URL` as a host list (`@h1:5432,h2:5433/`, stored in SQLAlchemy's
+    `?host=...&host=...` form) with `?target_session_attrs=read-write`."""
 
     model_config = SettingsConfigDict(env_prefix="WORKER_", frozen=True, extra="ignore")
 
@@ -71,16 +77,35 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
-        AmqpDsn(value.get_secret_value())  # raises a ValidationError naming the field
-        return value
+        urls = split_amqp_urls(value.get_secret_value())  # an AddressError is a ValueError
+        for url in urls:
+            AmqpDsn(url)  # raises a ValidationError naming the field
+        return SecretStr(",".join(urls))
 
     @field_validator("database_url")
     @classmethod
     def _postgres_scheme(cls, value: SecretStr) -> SecretStr:
-        url = PostgresDsn(value.get_secret_value())
-        if url.scheme != "postgresql+asyncpg":
+        raw = value.get_secret_value()
+        if raw.partition("://")[0] != "postgresql+asyncpg":
             raise ValueError("DATABASE_URL must use the postgresql+asyncpg:// scheme")
-        return value
+        if "?" in raw and any(
+            part.startswith("host=") for part in raw.partition("?")[2].split("&")
+        ):
+            # SQLAlchemy's multi-host form has no host before the path, which PostgresDsn
+            # refuses; SQLAlchemy's own parser checks it.
+            from sqlalchemy.engine import make_url
+
+            try:
+                make_url(raw)
+            except ValueError:
+                raise AddressError("DATABASE_URL is not a valid multi-host URL") from None
+            return value
+        PostgresDsn(raw)  # also reads libpq's host list `@h1:5432,h2:5433/`
+        return SecretStr(postgres_hosts_in_query(raw))
+
+    def amqp_urls(self) -> list[str]:
+        """The broker URLs, secrets included, in the order the connection tries them."""
+        return split_amqp_urls(self.amqp_url.get_secret_value())
 
     @field_validator("amqp_ca_file", "amqp_client_cert", "amqp_client_key")
     @classmethod
@@ -105,7 +130,9 @@ class Settings(BaseSettings):
                     f"{variable}: {value} is not a PEM CA bundle ({error.reason or error})"
                 ) from None
         url = info.data.get("amqp_url")
-        if isinstance(url, SecretStr) and not url.get_secret_value().startswith("amqps://"):
+        if isinstance(url, SecretStr) and not all(
+            part.startswith("amqps://") for part in split_urls(url.get_secret_value())
+        ):
             raise ValueError(f"{variable} is set, but AMQP_URL does not use amqps://")
         return value
 
@@ -134,7 +161,12 @@ def _is_password_parameter(name: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """`scheme://user:***@host:port/path`: where a URL points, without its password."""
+    """`scheme://user:***@host:port/path`: where a URL points, without its password. A
+    comma-separated list of URLs gives the list of their redactions."""
+    return ",".join(_redact_one(part) for part in split_urls(url))
+
+
+def _redact_one(url: str) -> str:
     parsed = _parsed(url)
     if parsed is None:
         return "***"
@@ -165,7 +197,10 @@ def _url_secrets(url: str) -> list[str]:
     parsed = _parsed(url)
     if parsed is None:
         return []
-    found = [parsed.password or "", parsed.raw_password or ""]
+    # yarl re-encodes what it reads (`%2C` comes back as `,`): the form as written is taken
+    # from the string itself, between the user's ':' and the '@' that ends the credentials.
+    written = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    found = [parsed.password or "", parsed.raw_password or "", written if parsed.password else ""]
     for pair in parsed.raw_query_string.split("&"):
         name, _, raw = pair.partition("=")
         if _is_password_parameter(unquote(name)):
@@ -176,6 +211,10 @@ def _url_secrets(url: str) -> list[str]:
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value that must never reach a log line or an error message."""
     found: list[str] = []
-    for url in (settings.amqp_url, settings.database_url):
-        found.extend(_url_secrets(url.get_secret_value()))
+    urls = [
+        *split_urls(settings.amqp_url.get_secret_value()),
+        settings.database_url.get_secret_value(),
+    ]
+    for url in urls:
+        found.extend(_url_secrets(url))
     return found

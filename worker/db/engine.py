@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -12,11 +14,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from worker.db.transience import is_demoted_primary
 from worker.settings import Settings
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url.get_secret_value(),
         pool_size=settings.db_pool_size,
         max_overflow=0,
@@ -29,6 +32,17 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "server_settings": {"application_name": "coupon-worker"},
         },
     )
+    event.listen(engine.sync_engine, "handle_error", _demoted_primary_is_a_disconnect)
+    return engine
+
+
+def _demoted_primary_is_a_disconnect(context: ExceptionContext) -> None:
+    """A write refused as read-only means the node became a standby (a failover demoted it).
+    Its connections still answer `pool_pre_ping`, so, unless they are thrown away, the pool
+    would keep handing them out; as a disconnect, SQLAlchemy invalidates the pool and the next
+    connection goes through the host list again (`target_session_attrs=read-write`)."""
+    if is_demoted_primary(context.original_exception):
+        context.is_disconnect = True
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1,5 +1,6 @@
-"""The broker connection: robust (reconnects by itself), TLS when configured, a heartbeat file
-while it is up, and the one translation of aiormq's cancellations into broker failures."""
+"""The broker connection: robust (reconnects by itself, to the next node when AMQP_URL names
+several: `worker.messaging.failover`), TLS when configured, a heartbeat file while it is up,
+and the one translation of aiormq's cancellations into broker failures."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
+from worker.messaging.failover import connect_any
 from worker.settings import Settings
 
 log = structlog.stdlib.get_logger("worker")
@@ -39,11 +40,11 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 async def connect_broker(
     settings: Settings, name: str = "coupon-worker"
 ) -> AbstractRobustConnection:
-    connection = await aio_pika.connect_robust(
-        settings.amqp_url.get_secret_value(),
+    connection = await connect_any(
+        settings.amqp_urls(),  # one or several nodes, tried in turn (worker.messaging.failover)
         ssl_context=ssl_context(settings),
         client_properties={"connection_name": name},
-        timeout=10,
+        attempt_timeout=10,
         reconnect_interval=1,
     )
     connection.close_callbacks.add(_log_connection_lost)
