@@ -18,6 +18,8 @@ import re
 from typing import Final
 from urllib.parse import parse_qsl
 
+from pydantic import PostgresDsn
+
 MAX_ADDRESSES: Final = 16  # a bound on what one setting may expand into
 
 # A comma followed by a URL scheme starts the next address (as does one before another comma or
@@ -78,3 +80,22 @@ def postgres_hosts_in_query(url: str) -> str:
     host_query = "&".join(f"host={host}" for host in hosts)
     query = f"{host_query}&{query}" if query else host_query
     return f"{scheme}://{credentials}{at}/{database if slash else ''}?{query}"
+
+
+def checked_database_url(raw: str) -> str:
+    """`DATABASE_URL` checked, in the form SQLAlchemy reads (a libpq host list moved into the
+    query); a ValueError (pydantic's ValidationError, or AddressError) says what is wrong."""
+    if raw.partition("://")[0] != "postgresql+asyncpg":
+        raise ValueError("DATABASE_URL must use the postgresql+asyncpg:// scheme")
+    if "?" in raw and any(part.startswith("host=") for part in raw.partition("?")[2].split("&")):
+        # SQLAlchemy's multi-host form has no host before the path, which PostgresDsn
+        # refuses; SQLAlchemy's own parser checks it.
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(raw)
+        except ValueError:
+            raise AddressError("DATABASE_URL is not a valid multi-host URL") from None
+        return raw
+    PostgresDsn(raw)  # also reads libpq's host list `@h1:5432,h2:5433/`
+    return postgres_hosts_in_query(raw)

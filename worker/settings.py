@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import unquote
 
-from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, ValidationInfo, field_validator
+from pydantic import AmqpDsn, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
 
-from worker.addresses import AddressError, postgres_hosts_in_query, split_amqp_urls, split_urls
+from worker.addresses import checked_database_url, split_amqp_urls, split_urls
 
 
 class LogFormat(StrEnum):
@@ -85,23 +85,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _postgres_scheme(cls, value: SecretStr) -> SecretStr:
-        raw = value.get_secret_value()
-        if raw.partition("://")[0] != "postgresql+asyncpg":
-            raise ValueError("DATABASE_URL must use the postgresql+asyncpg:// scheme")
-        if "?" in raw and any(
-            part.startswith("host=") for part in raw.partition("?")[2].split("&")
-        ):
-            # SQLAlchemy's multi-host form has no host before the path, which PostgresDsn
-            # refuses; SQLAlchemy's own parser checks it.
-            from sqlalchemy.engine import make_url
-
-            try:
-                make_url(raw)
-            except ValueError:
-                raise AddressError("DATABASE_URL is not a valid multi-host URL") from None
-            return value
-        PostgresDsn(raw)  # also reads libpq's host list `@h1:5432,h2:5433/`
-        return SecretStr(postgres_hosts_in_query(raw))
+        return SecretStr(checked_database_url(value.get_secret_value()))
 
     def amqp_urls(self) -> list[str]:
         """The broker URLs, secrets included, in the order the connection tries them."""
