@@ -6,7 +6,7 @@ export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: setup services run test test-fast lint bench bench-quick bench-table
+.PHONY: setup services run test test-fast test-cluster lint bench bench-quick bench-table
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet uv
@@ -26,6 +26,12 @@ test: setup services
 # Everything but the fault suite.
 test-fast: setup services
 	$(UV) run pytest -m "not faults" $(PYTEST_ARGS)
+
+# The cluster fault tests alone: three extra RabbitMQ nodes and a PostgreSQL standby on loopback
+# (scripts/rabbit-cluster, scripts/pg-standby), brought up and torn down by the tests; ~6 min.
+# `make test` runs them too; run as root (the nodes run as the rabbitmq and postgres users).
+test-cluster: setup services
+	$(UV) run pytest -m cluster $(PYTEST_ARGS)
 
 lint: setup
 	$(UV) run ruff check .

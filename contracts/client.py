@@ -93,7 +93,23 @@ class CouponClient(CouponCommands):
         """`connect_kwargs` go to aio-pika's `connect_robust` (`ssl_context=`, `timeout=`...);
         `request_timeout` is how long a request waits by default, in seconds."""
         connection = await aio_pika.connect_robust(url, **connect_kwargs)
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return await cls.over(connection, prefix, request_timeout=request_timeout)
+
+    @classmethod
+    async def over(
+        cls,
+        connection: AbstractConnection,
+        prefix: str = "",
+        *,
+        request_timeout: float = DEFAULT_TIMEOUT,
+    ) -> CouponClient:
+        """A client on a connection made elsewhere (e.g. one that fails over between the nodes
+        of a cluster); it opens its own channel, and `close` closes the connection."""
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except BaseException:
+            await connection.close()
+            raise
         return cls(connection, channel, Topology(prefix), request_timeout=request_timeout)
 
     async def __aenter__(self) -> Self:

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Annotated, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, ValidationInfo, field_validator
+from pydantic import AmqpDsn, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
+
+from worker.addresses import checked_database_url, split_amqp_urls, split_urls
 
 
 class LogFormat(StrEnum):
@@ -29,7 +31,11 @@ DEFAULT_HEARTBEAT: Final = 4
 
 
 class Settings(BaseSettings):
-    """Environment variables `WORKER_*`, plus the two service URLs `AMQP_URL` and `DATABASE_URL`."""
+    """Environment variables `WORKER_*`, plus the two service URLs `AMQP_URL` and `DATABASE_URL`.
+
+    Either URL may name several nodes (see `worker.addresses`): `AMQP_URL` as comma-separated
+    URLs, `DATABASE_URL` as a host list (`@h1:5432,h2:5433/`, stored in SQLAlchemy's
+    `?host=...&host=...` form) with `?target_session_attrs=read-write`."""
 
     model_config = SettingsConfigDict(env_prefix="WORKER_", frozen=True, extra="ignore")
 
@@ -91,16 +97,19 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
-        AmqpDsn(value.get_secret_value())  # raises a ValidationError naming the field
-        url_heartbeat(value.get_secret_value())  # a `heartbeat` query must be a number
-        return value
+        urls = split_amqp_urls(value.get_secret_value())  # an AddressError is a ValueError
+        for url in urls:
+            AmqpDsn(url)  # raises a ValidationError naming the field
+        urls_heartbeat(urls)  # each `heartbeat` query a number, the same on every node
+        return SecretStr(",".join(urls))
 
     @field_validator("amqp_heartbeat")
     @classmethod
     def _one_heartbeat(cls, value: int | None, info: ValidationInfo) -> int | None:
         # The URL's `heartbeat` wins over the default; set in both places, they must agree.
         url = info.data.get("amqp_url")
-        in_url = url_heartbeat(url.get_secret_value()) if isinstance(url, SecretStr) else None
+        urls = split_amqp_urls(url.get_secret_value()) if isinstance(url, SecretStr) else []
+        in_url = urls_heartbeat(urls)
         if value is not None and in_url is not None and in_url != value:
             raise ValueError(
                 f"WORKER_AMQP_HEARTBEAT={value} disagrees with heartbeat={in_url} in AMQP_URL; "
@@ -112,28 +121,28 @@ class Settings(BaseSettings):
     def broker_heartbeat(self) -> int:
         """The AMQP heartbeat timeout the worker asks for: AMQP_URL's `heartbeat` query when it
         has one, else WORKER_AMQP_HEARTBEAT."""
-        in_url = url_heartbeat(self.amqp_url.get_secret_value())
+        in_url = urls_heartbeat(self.amqp_urls())
         if in_url is not None:
             return in_url
         return DEFAULT_HEARTBEAT if self.amqp_heartbeat is None else self.amqp_heartbeat
 
+    def broker_urls(self) -> list[str]:
+        """AMQP_URL's nodes, each with the heartbeat in its query, where aiormq reads it, in the
+        order the connection tries them (secret: they carry the password)."""
+        return [with_heartbeat(url, self.broker_heartbeat) for url in self.amqp_urls()]
+
     def broker_url(self) -> str:
-        """AMQP_URL with the heartbeat in its query, where aiormq reads it (secret: has the
-        password)."""
-        url = self.amqp_url.get_secret_value()
-        if url_heartbeat(url) is not None:
-            return url
-        head, hash_, fragment = url.partition("#")
-        joiner = "" if head.endswith(("?", "&")) else "&" if "?" in head else "?"
-        return f"{head}{joiner}heartbeat={self.broker_heartbeat}{hash_}{fragment}"
+        """The first of `broker_urls()`: for a one-node AMQP_URL, the URL the worker connects to."""
+        return self.broker_urls()[0]
 
     @field_validator("database_url")
     @classmethod
     def _postgres_scheme(cls, value: SecretStr) -> SecretStr:
-        url = PostgresDsn(value.get_secret_value())
-        if url.scheme != "postgresql+asyncpg":
-            raise ValueError("DATABASE_URL must use the postgresql+asyncpg:// scheme")
-        return value
+        return SecretStr(checked_database_url(value.get_secret_value()))
+
+    def amqp_urls(self) -> list[str]:
+        """The broker URLs, secrets included, in the order the connection tries them."""
+        return split_amqp_urls(self.amqp_url.get_secret_value())
 
     @field_validator("amqp_ca_file", "amqp_client_cert", "amqp_client_key")
     @classmethod
@@ -158,7 +167,9 @@ class Settings(BaseSettings):
                     f"{variable}: {value} is not a PEM CA bundle ({error.reason or error})"
                 ) from None
         url = info.data.get("amqp_url")
-        if isinstance(url, SecretStr) and not url.get_secret_value().startswith("amqps://"):
+        if isinstance(url, SecretStr) and not all(
+            part.startswith("amqps://") for part in split_urls(url.get_secret_value())
+        ):
             raise ValueError(f"{variable} is set, but AMQP_URL does not use amqps://")
         return value
 
@@ -186,6 +197,23 @@ def _is_password_parameter(name: str) -> bool:
     return "password" in name.lower()
 
 
+def with_heartbeat(url: str, seconds: int) -> str:
+    """`url` with `heartbeat=seconds` in its query, unless it asks for a heartbeat already."""
+    if url_heartbeat(url) is not None:
+        return url
+    head, hash_, fragment = url.partition("#")
+    joiner = "" if head.endswith(("?", "&")) else "&" if "?" in head else "?"
+    return f"{head}{joiner}heartbeat={seconds}{hash_}{fragment}"
+
+
+def urls_heartbeat(urls: list[str]) -> int | None:
+    """The heartbeat the nodes' URLs ask for, or None; nodes that disagree are refused."""
+    asked = {seconds for seconds in map(url_heartbeat, urls) if seconds is not None}
+    if len(asked) > 1:
+        raise ValueError(f"the AMQP_URL nodes ask for different heartbeats {sorted(asked)}")
+    return asked.pop() if asked else None
+
+
 def url_heartbeat(url: str) -> int | None:
     """The `heartbeat` query parameter of an AMQP URL (seconds), or None without one."""
     values = parse_qs(urlsplit(url).query).get("heartbeat")
@@ -201,7 +229,12 @@ def url_heartbeat(url: str) -> int | None:
 
 
 def redact_url(url: str) -> str:
-    """`scheme://user:***@host:port/path`: where a URL points, without its password."""
+    """`scheme://user:***@host:port/path`: where a URL points, without its password. A
+    comma-separated list of URLs gives the list of their redactions."""
+    return ",".join(_redact_one(part) for part in split_urls(url))
+
+
+def _redact_one(url: str) -> str:
     parsed = _parsed(url)
     if parsed is None:
         return "***"
@@ -232,7 +265,10 @@ def _url_secrets(url: str) -> list[str]:
     parsed = _parsed(url)
     if parsed is None:
         return []
-    found = [parsed.password or "", parsed.raw_password or ""]
+    # yarl re-encodes what it reads (`%2C` comes back as `,`): the form as written is taken
+    # from the string itself, between the user's ':' and the '@' that ends the credentials.
+    written = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    found = [parsed.password or "", parsed.raw_password or "", written if parsed.password else ""]
     for pair in parsed.raw_query_string.split("&"):
         name, _, raw = pair.partition("=")
         if _is_password_parameter(unquote(name)):
@@ -243,6 +279,10 @@ def _url_secrets(url: str) -> list[str]:
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value that must never reach a log line or an error message."""
     found: list[str] = []
-    for url in (settings.amqp_url, settings.database_url):
-        found.extend(_url_secrets(url.get_secret_value()))
+    urls = [
+        *split_urls(settings.amqp_url.get_secret_value()),
+        settings.database_url.get_secret_value(),
+    ]
+    for url in urls:
+        found.extend(_url_secrets(url))
     return found

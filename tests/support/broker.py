@@ -74,6 +74,8 @@ class Broker:
         self.connection: AbstractConnection | None = None
         self.channel: AbstractChannel | None = None
         self._collectors: list[str] = []
+        # Arguments of the event collector queues (a cluster test makes them quorum queues).
+        self.collector_arguments: dict[str, Any] | None = None
 
     async def open(self) -> None:
         if self.robust:
@@ -173,7 +175,9 @@ class Broker:
         one keeps what arrives while the broker restarts."""
         collected = Collected()
         name = f"{self.topology.prefix}test-{uuid.uuid4().hex[:8]}"
-        queue = await self.ch.declare_queue(name, auto_delete=False, durable=durable)
+        queue = await self.ch.declare_queue(
+            name, auto_delete=False, durable=durable, arguments=self.collector_arguments
+        )
         self._collectors.append(name)
         await queue.bind(exchange, routing_key=pattern)
 

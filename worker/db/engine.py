@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from worker.db.transience import is_demoted_primary
 from worker.keepalive import TcpKeepalive
 from worker.settings import Settings
 
@@ -61,15 +62,21 @@ def create_engine(settings: Settings, *, admin: bool = False) -> AsyncEngine:
         if transport is not None:
             keepalive.apply(transport.get_extra_info("socket"))
 
-    @event.listens_for(engine.sync_engine, "handle_error")
-    def _timeout_is_a_disconnect(context: ExceptionContext) -> None:
-        # asyncpg raises TimeoutError when a statement outlives command_timeout and leaves the
-        # connection waiting on a cancel request, which a silent server never answers: using it
-        # again would wait as long again. Invalidate it (and, by default, the pool) instead.
-        if isinstance(context.original_exception, TimeoutError):
-            context.is_disconnect = True
-
+    event.listen(engine.sync_engine, "handle_error", _unusable_connection_is_a_disconnect)
     return engine
+
+
+def _unusable_connection_is_a_disconnect(context: ExceptionContext) -> None:
+    """Errors after which a connection must not be used again count as disconnects, so that
+    SQLAlchemy invalidates it (and, by default, the pool) instead of handing it out again:
+    - a statement that outlived command_timeout (asyncpg raises TimeoutError and leaves the
+      connection waiting on a cancel request, which a silent server never answers);
+    - a write refused as read-only: the node became a standby (a failover demoted it). Its
+      connections still answer `pool_pre_ping`; the next connection goes through the host
+      list again (`target_session_attrs=read-write`)."""
+    error = context.original_exception
+    if isinstance(error, TimeoutError) or is_demoted_primary(error):
+        context.is_disconnect = True
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -27,6 +27,11 @@ _OUTAGES: Final = (
     pg.CannotConnectNowError,
     pg.DatabaseDroppedError,
     pg.IdleSessionTimeoutError,
+    # 25006: a write refused as read-only - the node is (now) a standby, a primary demoted by
+    # a failover; it passes once a connection reaches the new primary.
+    pg.ReadOnlySQLTransactionError,
+    # Every host of a multi-host DATABASE_URL answered, none as a read-write primary.
+    pg.TargetServerAttributeNotMatched,
     pg.InterfaceError,  # asyncpg's client side, e.g. the connection is closed
     sa_exc.TimeoutError,  # the pool's: no connection within pool_timeout while they hang
     sa_exc.InterfaceError,
@@ -37,6 +42,11 @@ _OUTAGES: Final = (
     # pg.InterfaceError ("connection is closed"), above.
     TimeoutError,
 )
+
+
+def is_demoted_primary(error: BaseException) -> bool:
+    """Whether the server refused a write as read-only (SQLSTATE 25006) anywhere in the chain."""
+    return any(isinstance(link, pg.ReadOnlySQLTransactionError) for link in causes(error))
 
 
 def transient_kind(error: BaseException) -> type[TransientFailure] | None:

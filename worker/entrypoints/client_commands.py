@@ -14,6 +14,7 @@ from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.validation import describe
 from worker.entrypoints.operator_errors import StartupError, describe_startup_failure
 from worker.messaging.connection import ssl_context
+from worker.messaging.failover import connect_any
 from worker.settings import Settings
 
 
@@ -35,15 +36,17 @@ def _record(received: ReceivedEvent) -> dict[str, Any]:
 
 
 async def _connect(settings: Settings) -> CouponClient:
+    # Not `CouponClient.connect(url)`, which takes one URL: AMQP_URL may name several nodes,
+    # tried in turn at start and on every reconnect, like the worker does.
     try:
-        return await CouponClient.connect(
-            settings.broker_url(),  # with the heartbeat, like the worker's own connection
-            settings.name_prefix,
+        connection = await connect_any(
+            settings.broker_urls(),  # with the heartbeat, like the worker's own connection
             ssl_context=ssl_context(settings),
-            timeout=10,
+            attempt_timeout=settings.amqp_connect_timeout,
         )
     except Exception as error:
         raise describe_startup_failure(error, settings, "broker") from error
+    return await CouponClient.over(connection, settings.name_prefix)
 
 
 async def publish(settings: Settings, args: argparse.Namespace) -> int:

@@ -85,15 +85,21 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _connect(settings: Settings, name: str) -> AbstractConnection:
-    try:
-        return await aio_pika.connect(
-            settings.broker_url(),  # with the heartbeat, like the worker's own connection
-            ssl_context=ssl_context(settings),
-            timeout=10,
-            client_properties={"connection_name": name},
-        )
-    except Exception as error:
-        raise describe_startup_failure(error, settings, "broker") from error
+    """The first of AMQP_URL's nodes that answers (a one-off connection: a recording or a
+    replay interrupted by a lost connection reports it and can be run again)."""
+    failure: Exception | None = None
+    for url in settings.broker_urls():  # with the heartbeat, like the worker's own connection
+        try:
+            return await aio_pika.connect(
+                url,
+                ssl_context=ssl_context(settings),
+                timeout=settings.amqp_connect_timeout,
+                client_properties={"connection_name": name},
+            )
+        except Exception as error:
+            failure = error
+    assert failure is not None, "AMQP_URL names at least one node"
+    raise describe_startup_failure(failure, settings, "broker") from failure
 
 
 async def _record(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
-"""The broker connection: robust (reconnects by itself), TLS when configured, an AMQP heartbeat
-and TCP keepalive (a silent broker is given up within seconds), a heartbeat file while it is
-up, and the one translation of aiormq's cancellations into broker failures."""
+"""The broker connection: robust (reconnects by itself, to the next node when AMQP_URL names
+several: `worker.messaging.failover`), TLS when configured, an AMQP heartbeat and TCP keepalive
+(a silent broker is given up within seconds), a heartbeat file while it is up, and the one
+translation of aiormq's cancellations into broker failures."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
-from worker.messaging.transport import KeepaliveRobustConnection
+from worker.messaging.failover import connect_any
 from worker.settings import Settings
 
 log = structlog.stdlib.get_logger("worker")
@@ -41,17 +41,16 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 async def connect_broker(
     settings: Settings, name: str = "coupon-worker"
 ) -> AbstractRobustConnection:
-    # Silent broker: the heartbeat (in the URL, where aiormq reads it) ends a connection after
+    # Silent broker: the heartbeat (in each URL, where aiormq reads it) ends a connection after
     # 3 x (heartbeat + 1) s without a frame; a reconnect attempt into a black hole gives up after
-    # the connect timeout, and the next starts a second later (no growing back-off), so the
-    # worker is back within about connect timeout + 1 s of the broker answering again.
-    connection = await aio_pika.connect_robust(
-        settings.broker_url(),
+    # the connect timeout, and the next starts a second later (no growing back-off) on the next
+    # node, so the worker is back within about connect timeout + 1 s of a broker answering again.
+    connection = await connect_any(
+        settings.broker_urls(),  # one or several nodes, tried in turn (worker.messaging.failover)
         ssl_context=ssl_context(settings),
         client_properties={"connection_name": name},
-        timeout=settings.amqp_connect_timeout,
+        attempt_timeout=settings.amqp_connect_timeout,
         reconnect_interval=1,
-        connection_class=KeepaliveRobustConnection,
         tcp_keepalive=settings.tcp_keepalive,
     )
     link = _BrokerLink()
