@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -22,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
 
 from tests.support.broker import Broker
 from tests.support.database import create_database, drop_database, truncate
+from tests.support.service_lock import holding as service_lock_held
 from tests.support.services import Services, ServicesUnavailable, provide_services
 from tests.support.worker_process import WorkerProcess
 from worker.db import schema
@@ -29,23 +28,18 @@ from worker.settings import Settings
 
 StartWorker = Callable[..., WorkerProcess]
 
-SERVICE_LOCK = os.environ.get("COUPON_SERVICE_LOCK", "/tmp/coupon-services.lock")
-
 
 @pytest.fixture(autouse=True)
 def service_lock(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test holds the machine's service lock: shared for ordinary tests, exclusive for
-    those marked `disruptive` (they stop or restart RabbitMQ or PostgreSQL). Two test runs on
-    one machine (`make test` twice, or a run beside a benchmark that takes the lock) then never
-    see a service go down under an ordinary test: an outage waits until no other test is
-    running, and ordinary tests wait until the outage is over."""
-    exclusive = request.node.get_closest_marker("disruptive") is not None
-    with open(SERVICE_LOCK, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    those marked `disruptive` (they stop or restart RabbitMQ or PostgreSQL, or close every
+    broker connection). Two test runs on one machine (`make test` twice, or a run beside a
+    benchmark that takes the lock) then never see a service go down under an ordinary test: an
+    outage waits until no other test is running, and ordinary tests wait until the outage is
+    over. The outage helpers refuse to run without the exclusive lock (tests/support/
+    service_lock.py)."""
+    with service_lock_held(exclusive=request.node.get_closest_marker("disruptive") is not None):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -96,16 +90,39 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def settings(services: Services, database_url: str, prefix: str) -> Settings:
+def settings_overrides() -> dict[str, object]:
+    """Settings a test module changes (e.g. `{"delivery_limit": 3}`): override this fixture.
+    The test topology is declared from them, so pass the same to the workers it starts."""
+    return {}
+
+
+@pytest.fixture
+def settings(
+    services: Services, database_url: str, prefix: str, settings_overrides: dict[str, object]
+) -> Settings:
     return Settings.model_validate(
-        {"AMQP_URL": services.amqp_url, "DATABASE_URL": database_url, "name_prefix": prefix}
+        {
+            "AMQP_URL": services.amqp_url,
+            "DATABASE_URL": database_url,
+            "name_prefix": prefix,
+            **settings_overrides,
+        }
     )
 
 
 @pytest.fixture
-async def broker(services: Services, prefix: str, settings: Settings) -> AsyncIterator[Broker]:
+def robust_broker() -> bool:
+    """Override with True where the broker restarts under the test: its client connection then
+    reconnects and its collectors consume again."""
+    return False
+
+
+@pytest.fixture
+async def broker(
+    services: Services, prefix: str, settings: Settings, robust_broker: bool
+) -> AsyncIterator[Broker]:
     """The test's client connection, with the topology declared under the test's prefix."""
-    client = Broker(services.amqp_url, prefix)
+    client = Broker(services.amqp_url, prefix, robust=robust_broker)
     await client.open()
     await client.declare(settings)
     yield client
