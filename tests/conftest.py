@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 
 # Imported here, at a shallow stack: when no collected module imports hypothesis, its pytest
 # plugin imports it at the terminal summary, deep in pluggy's stack, where CPython 3.11.7's
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from tests.support import figures
 from tests.support.broker import Broker
 from tests.support.database import create_database, drop_database, truncate
 from tests.support.service_lock import holding as service_lock_held
@@ -27,6 +28,21 @@ from worker.db import schema
 from worker.settings import Settings
 
 StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call" or report.outcome != "passed":
+        figures.note_outcome(item.nodeid, report.outcome)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With RELIABILITY_RESULTS set, the figures the tests stated go to that file."""
+    figures.write_results(session)
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from contracts import CreateCoupon, GetCoupon, RedeemCoupon, names
 from contracts.validation import InvalidCommand, RejectionCode, decode_command
 from tests.conftest import StartWorker
+from tests.support import figures
 from tests.support.broker import Broker
 from tests.support.cli import Finished, run_cli
 from tests.support.ledger import _reason
@@ -100,10 +101,8 @@ def with_password(database_url: str, password: str) -> str:
     return f"{scheme}://{user}:{quote(password, safe='')}@{location}"
 
 
-def print_figures(capsys: pytest.CaptureFixture[str], label: str, **figures: object) -> None:
-    line = " ".join(f"{key}={value}" for key, value in figures.items())
-    with capsys.disabled():
-        print(f"\nFIGURES [{label}] {line}")  # noqa: T201 - the suite states its figures
+def print_figures(capsys: pytest.CaptureFixture[str], label: str, **stated: object) -> None:
+    figures.state(label, capsys, **stated)
 
 
 # --- (a) least privilege ---------------------------------------------------------------------

@@ -61,6 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import names
 from contracts.commands import Command
 from contracts.messages import command_message
+from tests.support import figures
 from tests.support.broker import Broker, Collected
 from tests.support.expected_outcomes import check_outcomes
 from worker.db.tables import Coupon, ProcessedCommand
@@ -145,21 +146,18 @@ class LedgerReport:
         return figures
 
     def line(self, label: str, **extra: object) -> str:
-        figures = " ".join(f"{key}={value}" for key, value in self.figures(**extra).items())
+        return figures.line(label, self._stated(**extra))
+
+    def _stated(self, **extra: object) -> dict[str, object]:
         kinds = ",".join(f"{kind}:{count}" for kind, count in sorted(self.outcome_kinds.items()))
-        return f"FIGURES [{label}] {figures} outcome_kinds={kinds or '-'}"
+        return {**self.figures(**extra), "outcome_kinds": kinds or "-"}
 
     def emit(
         self, label: str, capsys: pytest.CaptureFixture[str] | None = None, **extra: object
     ) -> str:
-        """Print the figures line so that it shows in CI output even with capture on."""
-        text = self.line(label, **extra)
-        if capsys is None:
-            print(text)  # noqa: T201 - the suite states its figures
-        else:
-            with capsys.disabled():
-                print(f"\n{text}")  # noqa: T201
-        return text
+        """Print the figures line (it shows in CI output even with capture on) and keep it for
+        the run's result file (tests/support/figures.py)."""
+        return figures.state(label, capsys, **self._stated(**extra))
 
     def assert_ok(self) -> None:
         if self.problems:
