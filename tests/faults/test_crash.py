@@ -5,6 +5,13 @@ and RabbitMQ 3.10 counts every delivery returned by a crash toward it. A kill re
 what the worker had been delivered (prefetch 256), each message once, so after `KILLS` kills no
 message can have been returned more than `KILLS` times: 6 < 20, and a healthy command can never
 be dead-lettered by this test. (The ledger checks that nothing was.)
+
+Each kill must interrupt work, or it proves nothing: the broker counts what it interrupted.
+The worker is frozen first (SIGSTOP: wherever it is, it stops there, as a SIGKILL would stop
+it) and the publisher paused, so the queue's depth holds still; after the SIGKILL the broker
+returns the worker's unacked deliveries to the queue, and the depth grows by exactly that many.
+Those are delivered again to the next worker: each kill causes redeliveries, which the ledger
+then checks were neither lost nor applied twice.
 """
 
 from __future__ import annotations
