@@ -25,10 +25,21 @@ _exclusive_held = False
 
 @contextlib.contextmanager
 def holding(*, exclusive: bool) -> Iterator[None]:
-    """Hold the lock (blocking until it is free) for the body of the `with`."""
+    """Hold the lock (blocking until it is free) for the body of the `with`.
+
+    `flock` alone lets shared holders starve an exclusive one: while one ordinary test holds
+    the lock, the next can always join it, and a disruptive test waits for a gap that may never
+    come (seen with six test runs on two cores). So everyone first passes a turnstile (a second
+    lock file, held only while queueing): a disruptive test keeps the turnstile while it waits,
+    new ordinary tests queue behind it, and it gets the lock as soon as the tests already
+    running finish."""
     global _exclusive_held
-    with open(LOCK_PATH, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    with open(f"{LOCK_PATH}.turnstile", "a+b") as turnstile, open(LOCK_PATH, "a+b") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
         _exclusive_held = exclusive
         try:
             yield
