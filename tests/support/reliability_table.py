@@ -142,8 +142,9 @@ def _stop(f: Figures) -> str:
         f"{f(s, 'left_queued')} after (nothing new taken), {f(s, 'duplicates')} delivered twice, "
         f"**{f(s, 'dead_lettered')} dead-lettered, {f(s, 'lost')} lost**. With the lock held past "
         f"a {f(g, 'grace_period')} s grace: exit {f(g, 'exit_code')} in {f(g, 'exit_seconds')} s, "
-        f"{f(g, 'returned')} of {f(g, 'in_flight')} returned ({f(g, 'back_in_queue')} back in the "
-        f"queue), {f(g, 'dead_lettered')} dead-lettered; after restart "
+        f"{f(g, 'returned')} of {f(g, 'held_at_sigterm')} returned "
+        f"({f(g, 'back_in_queue')} back in the queue), {f(g, 'dead_lettered')} dead-lettered; "
+        "after restart "
         f"{f(g, 'distinct_outcomes')}/{f(g, 'commands')} outcomes, {f(g, 'doubled')} doubled"
     )
 
@@ -152,8 +153,8 @@ def _many(f: Figures) -> str:
     m = "many workers"
     kinds = f.kinds(m)
     return (
-        f"{f(m, 'workers')} workers (processed {f(m, 'processed_by')}), {f(m, 'commands')} "
-        f"commands ({f(m, 'sent')} publishes, duplicates included): **exactly "
+        f"{f(m, 'workers')} workers consuming (processed {f(m, 'processed_by')}), "
+        f"{f(m, 'commands')} commands ({f(m, 'sent')} publishes, duplicates included): **exactly "
         f"{kinds.get('redeemed', '0')} `coupon.redeemed`, {kinds.get('Exhausted', '0')} "
         f"`Exhausted`**, `remaining_count` {f(m, 'remaining')}, {f(m, 'lost')} lost, "
         f"{f(m, 'doubled')} doubled, {f(m, 'wrong_outcomes')} wrong; duplicates answered with "
