@@ -69,20 +69,26 @@ def services() -> Iterator[Services]:
 
 @pytest.fixture(scope="session")
 async def database_url(services: Services) -> AsyncIterator[str]:
-    """A database of this session's own, migrated by alembic, dropped at the end."""
-    url = await create_database(services.database_url)
-    engine = create_async_engine(url)
-    try:
-        await schema.upgrade(engine)
-    finally:
-        await engine.dispose()
+    """A database of this session's own, migrated by alembic, dropped at the end. Session
+    fixtures run outside any test, so these two hold the service lock (shared) themselves: a
+    disruptive test of another run must not stop PostgreSQL under them."""
+    with service_lock_held(exclusive=False):
+        url = await create_database(services.database_url)
+        engine = create_async_engine(url)
+        try:
+            await schema.upgrade(engine)
+        finally:
+            await engine.dispose()
     yield url
-    await drop_database(services.database_url, url)
+    with service_lock_held(exclusive=False):
+        await drop_database(services.database_url, url)
 
 
 @pytest.fixture(scope="session")
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url, pool_size=10, max_overflow=60)
+    # pre_ping: PostgreSQL may have been restarted since a pooled connection was last used
+    # (by a disruptive test of this run or of another one on the machine).
+    engine = create_async_engine(database_url, pool_size=10, max_overflow=60, pool_pre_ping=True)
     yield engine
     await engine.dispose()
 

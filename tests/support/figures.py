@@ -65,6 +65,12 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
+# What the run ran: taken when it starts (the figures belong to this code, not to whatever is
+# checked out when it ends).
+_commit = _git("rev-parse", "--short=12", "HEAD")
+_uncommitted = bool(_git("status", "--porcelain", "--untracked-files=no"))
+
+
 def write_results(session: pytest.Session) -> Path | None:
     """Write the run's figures to $RELIABILITY_RESULTS, if set and any figures were stated."""
     target = os.environ.get(RESULTS_VARIABLE)
@@ -78,8 +84,8 @@ def write_results(session: pytest.Session) -> Path | None:
             "started_at": _started_at,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.monotonic() - _started_monotonic, 1),
-            "commit": _git("rev-parse", "--short=12", "HEAD"),
-            "uncommitted_changes": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "commit": _commit,
+            "uncommitted_changes": _uncommitted,
             "pytest_args": [str(arg) for arg in session.config.invocation_params.args],
             "tests": len(_outcomes),
             "failed": failed,
