@@ -27,11 +27,13 @@ class Figures:
         self.run: dict[str, Any] = document["run"]
         self.by_label: dict[str, dict[str, Any]] = document["figures"]
 
-    def __call__(self, label: str, key: str) -> str:
+    def __call__(self, label: str, key: str, *, plain: bool = False) -> str:
         try:
             value = self.by_label[label][key]
         except KeyError:
             raise SystemExit(f"the result file has no figure {key!r} for [{label}]") from None
+        if plain:
+            return str(value)
         if isinstance(value, bool):
             return "yes" if value else "no"
         if isinstance(value, int):
@@ -54,14 +56,15 @@ def _crash(f: Figures) -> str:
     c = "crash anywhere"
     kinds = f.kinds(c)
     return (
-        f"{f(c, 'commands')} commands ({f(c, 'sent')} publishes: {f(c, 'duplicates')} extra "
-        f"copies of events for re-sent `message_id`s), {f(c, 'kills')} SIGKILLs (seed "
-        f"{f(c, 'seed')}), each interrupting work: {f(c, 'returned_by_kills')} unacked commands "
+        f"{f(c, 'commands')} commands ({f(c, 'sent')} publishes, re-sent `message_id`s "
+        f"included), {f(c, 'kills')} SIGKILLs (seed {f(c, 'seed', plain=True)}), each "
+        f"interrupting work: {f(c, 'returned_by_kills')} unacked commands "
         f"returned to the queue by the kills, per kill (processed / queued / returned) "
         f"{f(c, 'processed_by_run_queued_and_returned_at_kill')}: **{f(c, 'lost')} lost, "
         f"{f(c, 'doubled')} doubled, {f(c, 'dead_lettered')} dead-lettered, "
         f"{f(c, 'wrong_outcomes')} wrong outcomes**; {f(c, 'distinct_outcomes')} distinct "
-        f"outcomes (redeemed {kinds.get('redeemed', '0')}, Exhausted "
+        f"outcomes ({f(c, 'duplicates')} extra copies, each with its command's one event "
+        f"`message_id`; redeemed {kinds.get('redeemed', '0')}, Exhausted "
         f"{kinds.get('Exhausted', '0')}, DoesNotExist {kinds.get('DoesNotExist', '0')}, "
         f"AlreadyExists {kinds.get('AlreadyExists', '0')}); {f(c, 'redemptions')} redemptions "
         f"in the database = distinct `coupon.redeemed`; all settled "
@@ -93,7 +96,7 @@ def _broker(f: Figures) -> str:
     return (
         f"`stop_app` {f(s, 'broker_down_seconds')} s under a steady flow: resumed "
         f"{f(s, 'resumed_seconds_after_broker_answered')} s after RabbitMQ answered, same process "
-        f"({f(s, 'worker_reconnects')} reconnects, {f(s, 'worker_ready_logs')} start), "
+        f"(reconnects: {f(s, 'worker_reconnects')}, starts: {f(s, 'worker_ready_logs')}), "
         f"{f(s, 'distinct_outcomes')}/{f(s, 'commands')} outcomes, {f(s, 'duplicates')} extra "
         f"copies, **{f(s, 'lost')} lost, {f(s, 'doubled')} doubled, {f(s, 'dead_lettered')} "
         f"dead-lettered, {f(s, 'wrong_outcomes')} wrong (no `Exhausted`)**; "
@@ -112,9 +115,9 @@ def _database(f: Figures) -> str:
         f"{f(d, 'doubled')} doubled, {f(d, 'wrong_outcomes')} wrong (no `Exhausted`)**, "
         f"{f(d, 'distinct_outcomes')}/{f(d, 'commands')} outcomes; all processed "
         f"{f(d, 'processed_seconds_after_postgres_answered')} s after PostgreSQL answered; "
-        f"outage logged {f(d, 'outage_logged')} time(s), recovery {f(d, 'recovery_logged')} "
-        f"({f(d, 'retries_in_outage')} retries, no requeues); one worker start "
-        f"({f(d, 'worker_ready_logs')})"
+        f"outage logged {f(d, 'outage_logged')}, recovery {f(d, 'recovery_logged')} "
+        f"({f(d, 'retries_in_outage')} retries, no requeues); worker starts: "
+        f"{f(d, 'worker_ready_logs')}"
     )
 
 
@@ -122,7 +125,7 @@ def _poison(f: Figures) -> str:
     r, c = "poison: always raises", "poison: always crashes"
     return (
         f"delivery limit {f(c, 'delivery_limit')}. Always raising: dead-lettered with `x-error` "
-        f"`{f(r, 'poison_reason')}`, worker up throughout ({f(r, 'worker_ready_logs')} start), "
+        f"`{f(r, 'poison_reason')}`, worker up throughout (starts: {f(r, 'worker_ready_logs')}), "
         f"{f(r, 'answered_behind_poison')}/{f(r, 'sent_behind_poison')} commands sent behind it "
         f"answered once. Always crashing: {f(c, 'crashes')} crashes, then dead-lettered by "
         f"RabbitMQ (`x-death` reason `{f(c, 'poison_reason')}`), "
@@ -169,9 +172,9 @@ def _bad(f: Figures) -> str:
         f"`x-error` from an independent reading of the contract, tests/support/contract_rules.py)"
         f" interleaved with {f(b, 'valid_interleaved')} valid commands: "
         f"{f(b, 'dead_lettered_in_all')} dead-lettered exactly once ({f(b, 'x_errors')}), "
-        f"worker running at the end: {f(b, 'worker_running_at_end')} ({f(b, 'worker_started')} "
-        f"start, {f(b, 'error_log_lines')} error log lines), every coupon row from a valid "
-        f"create, all {f(b, 'distinct_outcomes')} valid commands answered, "
+        f"worker running at the end: {f(b, 'worker_running_at_end')} (starts: "
+        f"{f(b, 'worker_started')}, error log lines: {f(b, 'error_log_lines')}), every coupon "
+        f"row from a valid create, all {f(b, 'distinct_outcomes')} valid commands answered, "
         f"{f(b, 'wrong_outcomes')} wrong"
     )
 
@@ -181,9 +184,10 @@ def _security(f: Figures) -> str:
     return (
         f"least-privilege user: processes, dead-letters and replies (exit "
         f"{f(lp, 'stop_exit')}); missing topology → exit {f(lp, 'missing_topology_exit')} naming "
-        f"what is missing; {f(ns, 'failure_cases')} failure cases + a full DEBUG run, "
-        f"{f(ns, 'lines_searched')} lines searched: **{f(ns, 'passwords_found')} passwords**; "
-        f"`amqps://` through a TLS proxy with a test CA: {f(tls, 'tls_handshakes')} handshakes, "
+        f"what is missing; {f(ns, 'failure_cases')} failure cases + a DEBUG run "
+        f"({f(ns, 'log_lines')} log lines), {f(ns, 'lines_searched')} lines searched: "
+        f"**{f(ns, 'passwords_found')} passwords**; `amqps://` through a TLS proxy with a test "
+        f"CA: TLS handshakes {f(tls, 'tls_handshakes')}, "
         f"{f(tls, 'refusal_cases')} refusal cases with clear messages; injection strings rejected "
         f"by the code rules, stored literally through the repositories (tables intact: "
         f"{f(sql, 'tables_intact')})"
