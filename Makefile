@@ -6,7 +6,7 @@ export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: setup services run test test-fast test-cluster lint bench bench-quick bench-table
+.PHONY: setup services run test test-fast test-cluster lint bench bench-quick bench-table reliability
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet uv
@@ -32,6 +32,13 @@ test-fast: setup services
 # `make test` runs them too; run as root (the nodes run as the rabbitmq and postgres users).
 test-cluster: setup services
 	$(UV) run pytest -m cluster $(PYTEST_ARGS)
+
+# The fault suite, its figures kept in tests/results/reliability.json, and the README's
+# Reliability table rendered from them. A disruptive test waits for the machine's service lock;
+# that wait does not count against its timeout (timeout_func_only in pyproject.toml).
+reliability: setup services
+	RELIABILITY_RESULTS=tests/results/reliability.json $(UV) run pytest -m faults $(PYTEST_ARGS)
+	$(UV) run python -m tests.support.reliability_table --write README.md
 
 lint: setup
 	$(UV) run ruff check .

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 
 # Imported here, at a shallow stack: when no collected module imports hypothesis, its pytest
 # plugin imports it at the terminal summary, deep in pluggy's stack, where CPython 3.11.7's
@@ -20,8 +18,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from tests.support import figures
 from tests.support.broker import Broker
 from tests.support.database import create_database, drop_database, truncate
+from tests.support.service_lock import holding as service_lock_held
 from tests.support.services import Services, ServicesUnavailable, provide_services
 from tests.support.worker_process import WorkerProcess
 from worker.db import migrations
@@ -29,7 +29,21 @@ from worker.settings import Settings
 
 StartWorker = Callable[..., WorkerProcess]
 
-SERVICE_LOCK = os.environ.get("COUPON_SERVICE_LOCK", "/tmp/coupon-services.lock")
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call" or report.outcome != "passed":
+        figures.note_outcome(item.nodeid, report.outcome)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With RELIABILITY_RESULTS set, the figures the tests stated go to that file."""
+    figures.write_results(session)
+
 
 # A client service with a suite of its own, run in its own pytest process by
 # tests/e2e/test_example_service.py; not part of this suite.
@@ -39,17 +53,14 @@ collect_ignore = ["example_service"]
 @pytest.fixture(autouse=True)
 def service_lock(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test holds the machine's service lock: shared for ordinary tests, exclusive for
-    those marked `disruptive` (they stop or restart RabbitMQ or PostgreSQL). Two test runs on
-    one machine (`make test` twice, or a run beside a benchmark that takes the lock) then never
-    see a service go down under an ordinary test: an outage waits until no other test is
-    running, and ordinary tests wait until the outage is over."""
-    exclusive = request.node.get_closest_marker("disruptive") is not None
-    with open(SERVICE_LOCK, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    those marked `disruptive` (they stop or restart RabbitMQ or PostgreSQL, or close every
+    broker connection). Two test runs on one machine (`make test` twice, or a run beside a
+    benchmark that takes the lock) then never see a service go down under an ordinary test: an
+    outage waits until no other test is running, and ordinary tests wait until the outage is
+    over. The outage helpers refuse to run without the exclusive lock (tests/support/
+    service_lock.py)."""
+    with service_lock_held(exclusive=request.node.get_closest_marker("disruptive") is not None):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -63,20 +74,26 @@ def services() -> Iterator[Services]:
 
 @pytest.fixture(scope="session")
 async def database_url(services: Services) -> AsyncIterator[str]:
-    """A database of this session's own, migrated by alembic, dropped at the end."""
-    url = await create_database(services.database_url)
-    engine = create_async_engine(url)
-    try:
-        await migrations.upgrade(engine)
-    finally:
-        await engine.dispose()
+    """A database of this session's own, migrated by alembic, dropped at the end. Session
+    fixtures run outside any test, so these two hold the service lock (shared) themselves: a
+    disruptive test of another run must not stop PostgreSQL under them."""
+    with service_lock_held(exclusive=False):
+        url = await create_database(services.database_url)
+        engine = create_async_engine(url)
+        try:
+            await migrations.upgrade(engine)
+        finally:
+            await engine.dispose()
     yield url
-    await drop_database(services.database_url, url)
+    with service_lock_held(exclusive=False):
+        await drop_database(services.database_url, url)
 
 
 @pytest.fixture(scope="session")
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url, pool_size=10, max_overflow=60)
+    # pre_ping: PostgreSQL may have been restarted since a pooled connection was last used
+    # (by a disruptive test of this run or of another one on the machine).
+    engine = create_async_engine(database_url, pool_size=10, max_overflow=60, pool_pre_ping=True)
     yield engine
     await engine.dispose()
 
@@ -100,16 +117,39 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def settings(services: Services, database_url: str, prefix: str) -> Settings:
+def settings_overrides() -> dict[str, object]:
+    """Settings a test module changes (e.g. `{"delivery_limit": 3}`): override this fixture.
+    The test topology is declared from them, so pass the same to the workers it starts."""
+    return {}
+
+
+@pytest.fixture
+def settings(
+    services: Services, database_url: str, prefix: str, settings_overrides: dict[str, object]
+) -> Settings:
     return Settings.model_validate(
-        {"AMQP_URL": services.amqp_url, "DATABASE_URL": database_url, "name_prefix": prefix}
+        {
+            "AMQP_URL": services.amqp_url,
+            "DATABASE_URL": database_url,
+            "name_prefix": prefix,
+            **settings_overrides,
+        }
     )
 
 
 @pytest.fixture
-async def broker(services: Services, prefix: str, settings: Settings) -> AsyncIterator[Broker]:
+def robust_broker() -> bool:
+    """Override with True where the broker restarts under the test: its client connection then
+    reconnects and its collectors consume again."""
+    return False
+
+
+@pytest.fixture
+async def broker(
+    services: Services, prefix: str, settings: Settings, robust_broker: bool
+) -> AsyncIterator[Broker]:
     """The test's client connection, with the topology declared under the test's prefix."""
-    client = Broker(services.amqp_url, prefix)
+    client = Broker(services.amqp_url, prefix, robust=robust_broker)
     await client.open()
     await client.declare(settings)
     yield client

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,58 +13,27 @@ from contracts import RedeemCoupon
 from tests.conftest import StartWorker
 from tests.e2e.observe import coupons, flush
 from tests.support.broker import Broker
+from tests.support.cli import Finished, finish, run_cli, start_cli
 from tests.support.services import Services
 
-EXECUTABLE = Path(sys.executable).with_name("coupon-worker")
 EVENTS_LIMIT = 3
-
-
-@dataclass(frozen=True)
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
 
 
 @pytest.fixture
 def cli_env(services: Services, database_url: str, prefix: str) -> dict[str, str]:
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("WORKER_", "PYTEST_", "AMQP_", "DATABASE_"))
+    return {
+        "AMQP_URL": services.amqp_url,
+        "DATABASE_URL": database_url,
+        "WORKER_NAME_PREFIX": prefix,
     }
-    environment.update(
-        {"AMQP_URL": services.amqp_url, "DATABASE_URL": database_url, "WORKER_NAME_PREFIX": prefix}
-    )
-    return environment
 
 
 async def start(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        str(EXECUTABLE),
-        *args,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    return await start_cli(*args, env=env)
 
 
-async def finish(process: asyncio.subprocess.Process, within: float = 60.0) -> Ran:
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), within)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"the CLI did not finish within {within}s") from None
-    return Ran(int(process.returncode or 0), stdout.decode(), stderr.decode())
-
-
-async def run(env: dict[str, str], *args: str) -> Ran:
-    return await finish(await start(env, *args))
+async def run(env: dict[str, str], *args: str) -> Finished:
+    return await run_cli(*args, env=env)
 
 
 @pytest.mark.timeout(120)

@@ -36,6 +36,8 @@ async def test_create_redeem_to_exhaustion_and_errors(
         await broker.send(RedeemCoupon(code="SPRING-1"))
     await broker.send(RedeemCoupon(code="NO-SUCH"))
     await events.wait_for(6)
+    await events.wait_quiet()  # and no seventh: no command answered twice
+    assert len(events.messages) == 6
     outcomes = [e.event for e in events.events[1:]]
     errors = sorted(str(e.error) for e in outcomes if isinstance(e, CouponError))
     redeemed = sorted(e.remaining_count for e in outcomes if isinstance(e, CouponRedeemed))
@@ -62,6 +64,7 @@ async def test_get_answers_on_reply_to_only(broker: Broker, start_worker: StartW
     get_id = await broker.send(GetCoupon(code="GET-1"), reply_to=reply_to, correlation_id="corr-1")
     await broker.send(GetCoupon(code="GET-404"), reply_to=reply_to)
     await replies.wait_for(3)
+    assert len(await replies.wait_quiet()) == 3
     by_type = {m.type: m for m in replies.messages}
     found = replies.events[[m.type for m in replies.messages].index("coupon.found")]
     assert isinstance(found.event, CouponFound)
@@ -71,5 +74,6 @@ async def test_get_answers_on_reply_to_only(broker: Broker, start_worker: StartW
     assert [m.error for m in missing] == [ErrorKind.DOES_NOT_EXIST]
     assert set(by_type) == {"coupon.created", "coupon.found", "coupon.error"}
     await events.wait_for(1)
+    await events.wait_quiet()
     # The gets went to reply_to only: the events exchange saw just the create.
     assert [m.routing_key for m in events.messages] == ["coupon.created"]

@@ -18,9 +18,10 @@ from contracts import CreateCoupon, RedeemCoupon
 from contracts.messages import command_message
 from tests.conftest import StartWorker
 from tests.e2e.observe import coupons, flush, processed
-from tests.e2e.test_cli import Ran, run, start
 from tests.e2e.test_cli import cli_env as cli_env  # the fixture, shared
+from tests.e2e.test_cli import run, start
 from tests.support.broker import Broker
+from tests.support.cli import Finished
 
 FAILING = ("fault-dl-1", "fault-dl-2", "fault-dl-3")
 
@@ -33,7 +34,7 @@ async def _wait_depth(broker: Broker, count: int, within: float = 60.0) -> None:
         await asyncio.sleep(0.1)
 
 
-def _letters(ran: Ran) -> dict[str, dict[str, object]]:
+def _letters(ran: Finished) -> dict[str, dict[str, object]]:
     assert ran.returncode == 0, ran
     return {str(record["message_id"]): record for record in ran.records()}
 

@@ -16,8 +16,9 @@ import pytest
 
 from contracts import names
 from contracts.recording import RecordedMessage, read_messages
-from tests.e2e.test_cli import cli_env, finish, run, start
+from tests.e2e.test_cli import cli_env, run, start
 from tests.support.broker import Broker
+from tests.support.cli import finish
 
 __all__ = ["cli_env"]  # the fixture, used by name
 

@@ -18,9 +18,10 @@ import pytest
 from contracts import CreateCoupon, GetCoupon, RedeemCoupon, names
 from contracts.testing import ReplayOutcome
 from contracts.testing.backends import MemoryBackend, RealBackend
-from tests.e2e.test_cli import cli_env, finish
+from tests.e2e.test_cli import cli_env
 from tests.e2e.test_record_replay import start_recording
 from tests.support.broker import Broker
+from tests.support.cli import finish
 
 __all__ = ["cli_env"]
 

@@ -4,11 +4,14 @@ nothing; the next worker finishes the job, and every command has exactly one out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import time
+from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import CreateCoupon, RedeemCoupon
@@ -28,12 +31,13 @@ STOCK = 1000
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    ("signum", "grace_period"),
+    ("signum", "grace_period", "stuck"),
     [
-        (signal.SIGTERM, GRACE_PERIOD),
-        (signal.SIGINT, GRACE_PERIOD),
-        # Too short to finish: what is in flight is returned to the queue, not lost.
-        (signal.SIGTERM, SHORT_GRACE_PERIOD),
+        (signal.SIGTERM, GRACE_PERIOD, False),
+        (signal.SIGINT, GRACE_PERIOD, False),
+        # Too short to finish, and stuck behind a row lock the test holds: what is in flight
+        # is returned to the queue, not lost and not dead-lettered.
+        (signal.SIGTERM, SHORT_GRACE_PERIOD, True),
     ],
     ids=["SIGTERM", "SIGINT", "SIGTERM-short-grace"],
 )
@@ -43,6 +47,7 @@ async def test_stop_with_commands_in_flight_loses_nothing(
     db: AsyncEngine,
     signum: signal.Signals,
     grace_period: float,
+    stuck: bool,
 ) -> None:
     events = await broker.collect_events()
     first = start_worker(name="first", worker_grace_period=str(grace_period))
@@ -54,29 +59,50 @@ async def test_stop_with_commands_in_flight_loses_nothing(
         CreateCoupon(code=f"NEW-{i}", init_count=1) for i in range(CREATES)
     ]
     random.Random(6).shuffle(commands)
-    sending = asyncio.gather(*(broker.send(command) for command in commands))
-    # Stop as soon as the worker is visibly working on the burst.
-    await events.wait_for(2, what="the first outcome of the burst")
-    answered_at_signal = len(events.messages) - 1
-    signalled = time.monotonic()
-    first.signal(signum)
+    async with contextlib.AsyncExitStack() as held:
+        if stuck:
+            await held.enter_async_context(row_locked(db, "STOCK"))
+        sending = asyncio.gather(*(broker.send(command) for command in commands))
+        if stuck:
+            # Signal once the worker holds deliveries it cannot finish.
+            sent_early = await sending
+            await worker_took_some(broker, len(sent_early))
+        else:
+            # Stop as soon as the worker is visibly working on the burst.
+            await events.wait_for(2, what="the first outcome of the burst")
+        answered_at_signal = len(events.messages) - 1
+        signalled = time.monotonic()
+        first.signal(signum)
 
-    async def exit_status() -> tuple[int, float]:
-        status = await first.wait_exit(grace_period + EXIT_SLACK + 5)
-        return status, time.monotonic() - signalled
+        async def exit_status() -> tuple[int, float]:
+            status = await first.wait_exit(grace_period + EXIT_SLACK + 5)
+            return status, time.monotonic() - signalled
 
-    (status, stopped_after), sent = await asyncio.gather(exit_status(), sending)
+        (status, stopped_after), sent = await asyncio.gather(exit_status(), sending)
+        # Counted by the broker before anything is released: every command the first worker
+        # did not answer is back in the queue (none dropped, none held by a stopped worker).
+        await flush(broker, events)
+        back_in_queue = await broker.depth(broker.topology.worker_queue)
     assert status == 0
     assert stopped_after < grace_period + EXIT_SLACK, stopped_after
     [stopped] = first.events("worker_stopped")
     await flush(broker, events)
     done_by_first = len({Published.of(m).causation_id for m in outcomes(events)}) - 1
+    # Every command the first worker did not answer is back in the queue; beyond those, only
+    # what it returned after publishing (answered again, identically, by the next worker).
+    returned = int(stopped["returned"])
+    assert len(sent) - done_by_first <= back_in_queue <= len(sent) - done_by_first + returned
+    if stuck:
+        # Something was in flight and could not finish: it was returned, and is in the queue.
+        assert returned >= 1
+        assert back_in_queue >= returned
     # A stop returns what it did not finish; it dead-letters nothing.
     assert await broker.depth(broker.topology.dead_queue) == 0
     print(  # noqa: T201
         f"\n{signum.name}: {answered_at_signal} answered when signalled; first worker "
         f"answered {done_by_first}/{len(sent)} commands in all, "
-        f"returned {stopped['returned']} in flight, exited 0 after {stopped_after:.2f}s"
+        f"returned {stopped['returned']} in flight, {back_in_queue} back in the queue, "
+        f"exited 0 after {stopped_after:.2f}s"
     )
 
     second = start_worker(name="second")
@@ -106,3 +132,22 @@ async def test_stop_with_commands_in_flight_loses_nothing(
     assert state == {f"NEW-{i}": (1, 1) for i in range(CREATES)}
     assert set(await processed(db)) == {setup, *sent}
     assert await broker.dead_letters() == []
+
+
+@contextlib.asynccontextmanager
+async def row_locked(db: AsyncEngine, code: str) -> AsyncIterator[None]:
+    """Hold the coupon's row lock: redeems of it wait until the block ends."""
+    async with db.connect() as blocker, blocker.begin():
+        await blocker.execute(
+            text("SELECT 1 FROM coupon WHERE code = :code FOR UPDATE"), {"code": code}
+        )
+        yield
+
+
+async def worker_took_some(broker: Broker, sent: int, within: float = 30.0) -> None:
+    """Until the worker has taken deliveries out of the queue (it holds them now)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while await broker.depth(broker.topology.worker_queue) >= sent:
+        assert loop.time() < deadline, "the worker took nothing"
+        await asyncio.sleep(0.1)

@@ -5,6 +5,13 @@ and RabbitMQ 3.10 counts every delivery returned by a crash toward it. A kill re
 what the worker had been delivered (prefetch 256), each message once, so after `KILLS` kills no
 message can have been returned more than `KILLS` times: 6 < 20, and a healthy command can never
 be dead-lettered by this test. (The ledger checks that nothing was.)
+
+Each kill must interrupt work, or it proves nothing: the broker counts what it interrupted.
+The worker is frozen first (SIGSTOP: wherever it is, it stops there, as a SIGKILL would stop
+it) and the publisher paused, so the queue's depth holds still; after the SIGKILL the broker
+returns the worker's unacked deliveries to the queue, and the depth grows by exactly that many.
+Those are delivered again to the next worker: each kill causes redeliveries, which the ledger
+then checks were neither lost nor applied twice.
 """
 
 from __future__ import annotations
@@ -85,28 +92,46 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     )
     await ledger.wait_outcomes(within=60)
 
+    publisher_paused = asyncio.Lock()  # held by a kill; the publisher takes it per chunk
+
     async def publish() -> None:
         for start in range(0, len(stream), CHUNK):
-            await ledger.send_many(stream[start : start + CHUNK])
-            await asyncio.sleep(0.4)
+            async with publisher_paused:
+                await ledger.send_many(stream[start : start + CHUNK])
+            await asyncio.sleep(0.05)
 
     publishing = asyncio.create_task(publish())
+    queue = broker.topology.worker_queue
     kills: list[str] = []
+    returned_by_kill: list[int] = []
     try:
         for kill in range(KILLS):
-            await asyncio.sleep(rng.uniform(0.3, 2.5))
-            processed = len(worker.events("command_processed"))
-            waiting = await broker.depth(broker.topology.worker_queue)
-            worker.signal(signal.SIGKILL)
-            assert await worker.wait_exit(within=30) == -signal.SIGKILL
-            kills.append(f"{processed}/{waiting}")
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            # What the kill interrupts is measured by the broker alone. The publisher pauses
+            # (once the chunk in flight is confirmed) and the worker is frozen (SIGSTOP: from
+            # its point of view the kill happens now, wherever it is); frozen, it can neither
+            # ack nor take more than its prefetch window, so the queue's depth holds still.
+            # Killed, its unacked deliveries go back to the queue, to be delivered again: the
+            # depth grows by exactly the work the kill interrupted.
+            async with publisher_paused:
+                worker.signal(signal.SIGSTOP)
+                queued = await steady_depth(broker, queue)
+                processed = len(worker.events("command_processed"))
+                worker.signal(signal.SIGKILL)
+                assert await worker.wait_exit(within=30) == -signal.SIGKILL
+                returned = await depth_once_returned(broker, queue) - queued
+            returned_by_kill.append(returned)
+            kills.append(f"{processed}/{queued}/{returned}")
             worker = start_worker(name=f"worker-{kill + 1}")
             await worker.wait_ready(within=60)
+        last_restart = time.monotonic()
         await publishing
+        published = time.monotonic()
     finally:
         publishing.cancel()
 
-    seconds = await ledger.wait_outcomes(within=180)
+    await ledger.wait_outcomes(within=180)
+    settled = time.monotonic()
     await ledger.wait_settled(within=30)
     assert await worker.stop(within=60) == 0
     report = await ledger.check(db)
@@ -115,10 +140,40 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
         capsys,
         seed=seed,
         kills=len(kills),
-        processed_before_kill_per_run_and_queue_depth=",".join(kills),
-        settle_seconds_after_last_restart=round(seconds, 1),
+        processed_by_run_queued_and_returned_at_kill=",".join(kills),
+        returned_by_kills=sum(returned_by_kill),
+        last_publish_seconds_after_last_restart=round(max(published - last_restart, 0), 1),
+        settled_seconds_after_last_restart=round(settled - last_restart, 1),
     )
     report.assert_ok()
     assert report.commands >= 5000 and report.sent > report.commands
     assert report.dead_lettered == 0 and report.lost == 0 and report.doubled == 0
+    assert report.wrong == 0
     assert len(kills) == KILLS < DELIVERY_LIMIT
+    # Every kill interrupted work: the broker took back commands the worker held unacked.
+    assert all(returned >= 1 for returned in returned_by_kill), kills
+
+
+async def steady_depth(broker: Broker, queue: str, within: float = 30.0) -> int:
+    """The queue's depth once it has held still for half a second."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    depth = await broker.depth(queue)
+    while True:
+        await asyncio.sleep(0.5)
+        now = await broker.depth(queue)
+        if now == depth:
+            return depth
+        assert loop.time() < deadline, "the queue depth does not settle"
+        depth = now
+
+
+async def depth_once_returned(broker: Broker, queue: str, within: float = 30.0) -> int:
+    """The queue's depth once the broker has noticed the killed consumer and returned what it
+    held: no consumer attached, and the depth steady."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while await broker.consumers(queue) > 0:
+        assert loop.time() < deadline, "the killed worker's consumer is still attached"
+        await asyncio.sleep(0.1)
+    return await steady_depth(broker, queue, within=max(deadline - loop.time(), 1.0))

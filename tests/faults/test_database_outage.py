@@ -1,7 +1,7 @@
 """A PostgreSQL outage of ≥ 30 s with commands queued: they wait, then all go through.
 
-DISRUPTIVE: stops the local PostgreSQL cluster. Run only under
-`flock -x /tmp/coupon-services.lock`.
+DISRUPTIVE: stops the local PostgreSQL cluster; marked `disruptive`, so it holds the machine's
+service lock exclusively (tests/support/service_lock.py).
 
 The worker queue is declared here with a delivery limit of 3 (not the default 20): a worker
 that nacked or requeued held commands while the database is down would push them past it
@@ -24,9 +24,14 @@ from contracts.commands import Command
 from tests.conftest import StartWorker
 from tests.support.broker import Broker
 from tests.support.ledger import Ledger, SteadyFlow
-from tests.support.outages import Outage, postgres_stopped, rabbitmq_app_stopped, restore_all
+from tests.support.outages import (
+    Outage,
+    close_broker_connections,
+    postgres_stopped,
+    rabbitmq_app_stopped,
+    restore_all,
+)
 from tests.support.services import Services
-from worker.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -34,6 +39,8 @@ OUTAGE_SECONDS = 32.0  # ≥ 30 s, as the contract's guarantee 4 is tested for
 CATCH_UP_LIMIT = 30.0  # everything processed within 30 s of PostgreSQL answering again
 DELIVERY_LIMIT = 3
 SHARED_CODE = "outage-shared"
+SHARED_COUNT = 100_000  # more than the test can send: a correct worker never says Exhausted
+MIN_SENT_DURING_OUTAGE = 100  # the flow sends ~40/s; a test with none would prove nothing
 # Log events that would mean held commands were returned, failed or dead-lettered.
 NOT_DURING_AN_OUTAGE = (
     "publish_failed",
@@ -53,15 +60,9 @@ def services_restored() -> Iterator[None]:
 
 
 @pytest.fixture
-def settings(services: Services, database_url: str, prefix: str) -> Settings:
-    return Settings.model_validate(
-        {
-            "AMQP_URL": services.amqp_url,
-            "DATABASE_URL": database_url,
-            "name_prefix": prefix,
-            "delivery_limit": DELIVERY_LIMIT,
-        }
-    )
+def settings_overrides() -> dict[str, object]:
+    """The test topology is declared with the same delivery limit as the workers' own."""
+    return {"delivery_limit": DELIVERY_LIMIT}
 
 
 def outage_commands(count: int) -> Command:
@@ -84,7 +85,9 @@ async def test_database_outage_holds_commands_and_catches_up(
     await ledger.start()
     worker = start_worker(worker_delivery_limit=str(DELIVERY_LIMIT))
     await worker.wait_ready()
-    await ledger.wait_for(await ledger.send(CreateCoupon(code=SHARED_CODE, init_count=1000)))
+    await ledger.wait_for(
+        await ledger.send(CreateCoupon(code=SHARED_CODE, init_count=SHARED_COUNT))
+    )
     # A steady flow (~40 commands/s) before, during and after the outage: transactions are
     # in flight when PostgreSQL goes, and commands keep arriving while it is away.
     flow = SteadyFlow(ledger, outage_commands, burst=4, pause=0.1)
@@ -93,13 +96,17 @@ async def test_database_outage_holds_commands_and_catches_up(
 
     dead_queue = broker.topology.dead_queue
     async with postgres_stopped(database_url) as outage:
-        sent_before = flow.count
         await worker.wait_for_log("database_unavailable", within=30)
+        before = len(ledger.commands)  # commands recorded from now on were sent in the outage
         while time.monotonic() - outage.stopped_at < OUTAGE_SECONDS:
             assert worker.running(), "the worker died in the outage:\n" + worker.output[-3000:]
             assert await broker.depth(dead_queue) == 0
             await asyncio.sleep(1)
-        held = flow.count - sent_before
+        # Commands confirmed by the broker while PostgreSQL was away: none can have an outcome
+        # yet (it would have been answered without the database).
+        ledger.received()
+        sent_in_outage = list(ledger.commands)[before:]
+        answered_in_outage = [m for m in sent_in_outage if m in ledger.by_causation]
     await flow.stop()  # everything sent before PostgreSQL answered must now go through
     caught_up = await ledger.wait_outcomes(within=CATCH_UP_LIMIT + 30)
     after_answering = time.monotonic() - outage.answering_at
@@ -119,16 +126,19 @@ async def test_database_outage_holds_commands_and_catches_up(
         "database outage",
         capsys,
         outage_seconds=outage.down_seconds,
-        commands_sent_during_outage=held,
+        commands_sent_during_outage=len(sent_in_outage),
         processed_seconds_after_postgres_answered=round(after_answering, 1),
         wait_seconds=round(caught_up, 1),
         outage_logged=len(down_logs),
         recovery_logged=len(up_logs),
         retries_in_outage=held_retries,
         delivery_limit=DELIVERY_LIMIT,
-        worker_restarts=0,
+        worker_ready_logs=len(worker.events("worker_ready")),
     )
     report.assert_ok()
+    assert len(sent_in_outage) >= MIN_SENT_DURING_OUTAGE
+    assert answered_in_outage == []
+    assert report.wrong == 0 and "Exhausted" not in report.outcome_kinds
     assert outage.down_seconds >= 30
     assert len(down_logs) == 1 and len(up_logs) == 1
     assert after_answering <= CATCH_UP_LIMIT
@@ -150,3 +160,20 @@ async def test_outages_refuse_services_they_cannot_control(
     with pytest.raises(pytest.fail.Exception, match="only on this machine"):
         async with stopped():
             raise AssertionError("the outage must not begin")  # pragma: no cover
+
+
+@pytest.mark.parametrize("service", ["postgresql", "rabbitmq"])
+async def test_outages_refuse_tests_not_marked_disruptive(
+    service: str, services: Services, database_url: str
+) -> None:
+    """Without the exclusive service lock (this test is not `disruptive`), nothing is stopped."""
+    stopped = (
+        postgres_stopped(database_url)
+        if service == "postgresql"
+        else rabbitmq_app_stopped(services.amqp_url)
+    )
+    with pytest.raises(pytest.fail.Exception, match="mark the test"):
+        async with stopped:
+            raise AssertionError("the outage must not begin")  # pragma: no cover
+    with pytest.raises(pytest.fail.Exception, match="mark the test"):
+        await close_broker_connections(services.amqp_url)

@@ -35,7 +35,8 @@ async def test_four_workers_never_oversell_one_coupon(
     for worker in workers:
         await worker.wait_ready(within=60)
     queue = broker.topology.worker_queue
-    assert await broker.consumers(queue) == WORKERS, "every worker consumes the one queue"
+    consumers = await broker.consumers(queue)
+    assert consumers == WORKERS, "every worker consumes the one queue"
 
     code = "HOT-1"
     await ledger.send(CreateCoupon(code=code, init_count=REMAINING))
@@ -60,7 +61,7 @@ async def test_four_workers_never_oversell_one_coupon(
     report.emit(
         "many workers",
         capsys,
-        workers=WORKERS,
+        workers=consumers,
         remaining=remaining,
         processed_by="/".join(map(str, processed_by)),
         alive=sum(worker.running() for worker in workers),

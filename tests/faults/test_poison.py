@@ -15,9 +15,7 @@ from contracts.commands import Command
 from tests.conftest import StartWorker
 from tests.support.broker import Broker
 from tests.support.ledger import Expect, Ledger, _reason
-from tests.support.services import Services
 from tests.support.worker_process import WorkerProcess
-from worker.settings import Settings
 
 pytestmark = pytest.mark.faults
 
@@ -27,17 +25,9 @@ CRASHING = "fault-poison-crash"
 
 
 @pytest.fixture
-def settings(services: Services, database_url: str, prefix: str) -> Settings:
-    """The broker fixture declares the worker queue from these: the same delivery limit as the
-    worker's own, so that both agree on the queue's arguments."""
-    return Settings.model_validate(
-        {
-            "AMQP_URL": services.amqp_url,
-            "DATABASE_URL": database_url,
-            "name_prefix": prefix,
-            "delivery_limit": DELIVERY_LIMIT,
-        }
-    )
+def settings_overrides() -> dict[str, object]:
+    """The test topology is declared with the same delivery limit as the workers' own."""
+    return {"delivery_limit": DELIVERY_LIMIT}
 
 
 async def _coupons_ready(ledger: Ledger, tag: str) -> None:
@@ -54,6 +44,12 @@ def _behind(tag: str) -> list[Command]:
     creates: list[Command] = [CreateCoupon(code=f"{tag}-new-{n}", init_count=2) for n in range(10)]
     redeems: list[Command] = [RedeemCoupon(code=f"{tag}-{n % 10}") for n in range(30)]
     return creates + redeems
+
+
+def sent_after(ledger: Ledger, message_id: str) -> list[str]:
+    """The commands recorded after `message_id`, in the order they were sent."""
+    sent = list(ledger.commands)
+    return sent[sent.index(message_id) + 1 :]
 
 
 def _start(start_worker: StartWorker, name: str = "worker") -> WorkerProcess:
@@ -84,14 +80,25 @@ async def test_a_command_that_always_raises_is_dead_lettered_and_the_rest_flow(
     await _coupons_ready(ledger, tag)
     poison_id = await _poison_then_valid(ledger, RedeemCoupon(code=RAISING), tag)
     ledger.commands[poison_id].error = "ProcessingFailed"
+    behind = sent_after(ledger, poison_id)
 
     await ledger.wait_settled(within=60)
     dead = await broker.wait_dead_letters(1, within=30)
     report = await ledger.check(db, dead)
     reason = _reason(dead[0]) if dead else "-"
-    report.emit("poison: always raises", capsys, restarts=0, poison_reason=reason)
+    report.emit(
+        "poison: always raises",
+        capsys,
+        sent_behind_poison=len(behind),
+        answered_behind_poison=sum(1 for m in behind if m in ledger.by_causation),
+        worker_ready_logs=len(worker.events("worker_ready")),
+        worker_running_at_end=worker.running(),
+        poison_reason=reason,
+    )
 
     assert worker.running(), "a raising command must not take the worker down"
+    assert len(worker.events("worker_ready")) == 1, "the same process, never restarted"
+    assert len(behind) == len(_behind(tag)) and all(m in ledger.by_causation for m in behind)
     assert [m.message_id for m in dead] == [poison_id]
     headers = dead[0].headers or {}
     assert reason == "ProcessingFailed"
@@ -117,6 +124,7 @@ async def test_a_command_that_always_crashes_the_worker_is_dead_lettered_and_the
     # Everything is queued before the first worker starts: the poison is the first command
     # any worker takes, with the valid ones right behind it in the same prefetch.
     poison_id = await _poison_then_valid(ledger, RedeemCoupon(code=CRASHING), tag)
+    behind = sent_after(ledger, poison_id)
 
     crashes = 0
     worker = _start(start_worker, "worker-0")
@@ -151,6 +159,8 @@ async def test_a_command_that_always_crashes_the_worker_is_dead_lettered_and_the
     report.emit(
         "poison: always crashes",
         capsys,
+        sent_behind_poison=len(behind),
+        answered_behind_poison=sum(1 for m in behind if m in ledger.by_causation),
         crashes=crashes,
         delivery_limit=DELIVERY_LIMIT,
         poison_reason=reason,

@@ -4,11 +4,9 @@ with a CA file, and SQL that takes input only as bound parameters."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import secrets
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -17,14 +15,15 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts import CreateCoupon, GetCoupon, RedeemCoupon, names
 from contracts.validation import InvalidCommand, RejectionCode, decode_command
 from tests.conftest import StartWorker
+from tests.support import figures
 from tests.support.broker import Broker
+from tests.support.cli import Finished, run_cli
 from tests.support.ledger import _reason
 from tests.support.services import Services
 from worker.app.outcomes import Outcome
@@ -90,31 +89,8 @@ def assert_no_secret(output: str, secret_values: set[str], what: str) -> None:
         assert value not in output, f"a password appears in {what}:\n{output[-3000:]}"
 
 
-async def run_cli(env: dict[str, str], *args: str, within: float = 60.0) -> tuple[int, str]:
-    """`python -m worker ARGS` with only `env` (plus PATH etc.) configuring it."""
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("WORKER_", "PYTEST_", "AMQP_", "DATABASE_"))
-    }
-    environment.update({"WORKER_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **env})
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), within)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"`worker {' '.join(args)}` still running after {within}s") from None
-    assert process.returncode is not None
-    return process.returncode, out.decode(errors="replace")
+def code_and_output(result: Finished) -> tuple[int, str]:
+    return result.returncode, result.output
 
 
 def with_password(database_url: str, password: str) -> str:
@@ -125,10 +101,8 @@ def with_password(database_url: str, password: str) -> str:
     return f"{scheme}://{user}:{quote(password, safe='')}@{location}"
 
 
-def print_figures(capsys: pytest.CaptureFixture[str], label: str, **figures: object) -> None:
-    line = " ".join(f"{key}={value}" for key, value in figures.items())
-    with capsys.disabled():
-        print(f"\nFIGURES [{label}] {line}")  # noqa: T201 - the suite states its figures
+def print_figures(capsys: pytest.CaptureFixture[str], label: str, **stated: object) -> None:
+    figures.state(label, capsys, **stated)
 
 
 # --- (a) least privilege ---------------------------------------------------------------------
@@ -194,7 +168,7 @@ async def test_least_privilege_user_runs_on_operator_topology_and_names_what_is_
         bad_id = await broker.send_raw(names.REDEEM, b"{")
         await events.wait_for(2)
         await replies.wait_for(1)
-        dead = await _dead_letters(broker, 1)
+        dead = await broker.wait_dead_letters(1, within=30, quiet=1.0)
         code = await worker.stop(within=60)
         print_figures(
             capsys,
@@ -212,19 +186,6 @@ async def test_least_privilege_user_runs_on_operator_topology_and_names_what_is_
         assert code == 0, worker.output[-3000:]
     finally:
         await rabbitmqctl("delete_user", user.name)
-
-
-async def _dead_letters(
-    broker: Broker, count: int, within: float = 30.0
-) -> list[AbstractIncomingMessage]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    taken: list[AbstractIncomingMessage] = []
-    while len(taken) < count:
-        assert loop.time() < deadline, f"{len(taken)} of {count} dead letters"
-        taken += await broker.dead_letters()
-        await asyncio.sleep(0.1)
-    return taken
 
 
 # --- (b) no secrets in any output ------------------------------------------------------------
@@ -266,7 +227,7 @@ async def test_no_password_appears_in_logs_or_error_messages(
     await broker.send_raw(names.REDEEM, b"\xff")
     await events.wait_for(3)
     await replies.wait_for(1)
-    dead = await _dead_letters(broker, 3)
+    dead = await broker.wait_dead_letters(3, within=30, quiet=1.0)
     assert sorted(_reason(m) for m in dead) == ["InvalidCommand", "InvalidJson", "ProcessingFailed"]
     await worker.wait_for_log("command_failed")
     assert await worker.stop(within=60) == 0
@@ -315,23 +276,29 @@ async def test_no_password_appears_in_logs_or_error_messages(
             "DATABASE_URL",
         ),
     ]
-    results = await asyncio.gather(*(run_cli({**base, **env}, *args) for _, env, args, _ in cases))
-    for (label, _, _, expected), (code, output) in zip(cases, results, strict=True):
+    results = await asyncio.gather(
+        *(run_cli(*args, env={**base, **env}) for _, env, args, _ in cases)
+    )
+    for (label, _, _, expected), (code, output) in zip(
+        cases, map(code_and_output, results), strict=True
+    ):
         assert code == 2, f"{label}: exit {code}\n{output[-3000:]}"
         assert expected in output, f"{label}:\n{output[-3000:]}"
         assert "Traceback" not in output, f"{label}:\n{output[-3000:]}"
         assert_no_secret(output, hidden, label)
+    searched = [worker.output, str([m.headers for m in dead]), *(r.output for r in results)]
     print_figures(
         capsys,
         "no secrets",
         log_lines=len(worker.lines),
         failure_cases=len(cases),
-        passwords_found=0,
+        lines_searched=sum(len(text.splitlines()) for text in searched),
+        passwords_found=sum(text.count(value) for text in searched for value in hidden),
         dead_lettered=len(dead),
     )
     with capsys.disabled():
-        for (label, *_), (_, output) in zip(cases, results, strict=True):
-            print(f"  {label}: {output.strip().splitlines()[-1][:220]}")  # noqa: T201
+        for (label, *_), result in zip(cases, results, strict=True):
+            print(f"  {label}: {result.output.strip().splitlines()[-1][:220]}")  # noqa: T201
 
 
 # --- (c) amqps:// with a CA file -------------------------------------------------------------
@@ -520,8 +487,12 @@ async def test_amqps_with_a_ca_file(
                 "amqps://",
             ),
         ]
-        results = await asyncio.gather(*(run_cli({**base, **env}, "run") for _, env, _ in cases))
-        for (label, _, expected), (code, output) in zip(cases, results, strict=True):
+        results = await asyncio.gather(
+            *(run_cli("run", env={**base, **env}) for _, env, _ in cases)
+        )
+        for (label, _, expected), (code, output) in zip(
+            cases, map(code_and_output, results), strict=True
+        ):
             assert code == 2, f"{label}: exit {code}\n{output[-3000:]}"
             assert expected in output, f"{label}:\n{output[-3000:]}"
             assert "Traceback" not in output, f"{label}:\n{output[-3000:]}"
@@ -530,8 +501,8 @@ async def test_amqps_with_a_ca_file(
         await proxy.close()
     print_figures(capsys, "amqps", tls_handshakes=proxy.handshakes, refusal_cases=len(cases))
     with capsys.disabled():
-        for (label, *_), (_, output) in zip(cases, results, strict=True):
-            print(f"  {label}: {output.strip().splitlines()[-1][:220]}")  # noqa: T201
+        for (label, *_), result in zip(cases, results, strict=True):
+            print(f"  {label}: {result.output.strip().splitlines()[-1][:220]}")  # noqa: T201
 
 
 # --- (d) SQL takes input as bound parameters only ---------------------------------------------

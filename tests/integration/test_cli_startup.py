@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support.broker import Broker
+from tests.support.cli import Finished, run_cli
 from tests.support.database import create_database, drop_database
 from tests.support.services import Services
 from tests.support.worker_process import WorkerProcess
@@ -22,52 +17,6 @@ from worker.db import migrations
 
 AMQP_PASSWORD = "amqp-Pw-4f1c9e"
 PG_PASSWORD = "pg-Pw-77d0aa"
-
-
-def coupon_worker() -> list[str]:
-    """The console script next to this interpreter, as an operator would type it."""
-    script = Path(sys.executable).with_name("coupon-worker")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("coupon-worker")
-    return [found] if found else [sys.executable, "-m", "worker"]
-
-
-@dataclass(frozen=True)
-class Finished:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-async def run_cli(*args: str, within: float = 60.0, **env: str) -> Finished:
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("WORKER_", "PYTEST_"))
-    }
-    environment.update({"WORKER_LOG_FORMAT": "json", **env})
-    process = await asyncio.create_subprocess_exec(
-        *coupon_worker(),
-        *args,
-        env=environment,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), within)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(
-            f"coupon-worker {' '.join(args)} still running after {within}s"
-        ) from None
-    assert process.returncode is not None
-    return Finished(process.returncode, stdout.decode(), stderr.decode())
 
 
 def assert_one_clear_line(result: Finished, *expected: str) -> str:

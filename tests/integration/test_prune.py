@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from tests.integration.test_cli_startup import run_cli
+from tests.support.cli import run_cli
 from worker.db.repositories import ProcessedCommandsRepository
 from worker.db.tables import ProcessedCommand
 

@@ -44,6 +44,15 @@ class Collected:
     ) -> list[AbstractIncomingMessage]:
         return await self.wait_until(lambda ms: len(ms) >= count, within, f"{count} {what}")
 
+    async def wait_quiet(self, quiet: float = 1.0) -> list[AbstractIncomingMessage]:
+        """Until nothing new has arrived for `quiet` seconds: a check that nothing *else*
+        came (no late duplicate, no stray reply) needs this before it counts."""
+        while True:
+            seen = len(self.messages)
+            await asyncio.sleep(quiet)
+            if len(self.messages) == seen:
+                return self.messages
+
     async def wait_until(
         self,
         done: Callable[[list[AbstractIncomingMessage]], bool],

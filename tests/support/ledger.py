@@ -33,12 +33,17 @@ What `check` holds the worker to (contract v1, "Guarantees"):
   `remaining_count`s are exactly `init_count-1 … remaining_count`, each once;
 - `processed_command` holds exactly one row per applied command, with the published outcome;
 - nothing dead-lettered unless expected, and then exactly once, with the expected `x-error`;
-- no event, row or coupon that no recorded command explains.
+- no event, row or coupon that no recorded command explains;
+- wrong = 0: each outcome is the one the commands alone call for (`expected_outcomes`): no
+  `Exhausted` while the coupon has redemptions left, no `DoesNotExist` for a coupon the test had
+  seen created, and for coupons whose redeems all came after that, exactly
+  `min(redeems, init_count)` granted and a final count of `init_count` minus them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -56,7 +61,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import names
 from contracts.commands import Command
 from contracts.messages import command_message
+from tests.support import figures
 from tests.support.broker import Broker, Collected
+from tests.support.expected_outcomes import check_outcomes
 from worker.db.tables import Coupon, ProcessedCommand
 
 
@@ -76,6 +83,9 @@ class SentCommand:
     expect: Expect
     error: str | None = None  # the expected `x-error` of a dead letter, when it matters
     sends: int = 0  # how many times it was published (duplicates share the message_id)
+    # Every publish of it went out after the test had seen its coupon's `coupon.created`: a
+    # redeem that must then never be answered DoesNotExist (see expected_outcomes).
+    established: bool = False
 
     @property
     def code(self) -> str | None:
@@ -109,6 +119,7 @@ class LedgerReport:
     dead_lettered: int = 0  # messages found in the dead-letter queue
     lost: int = 0  # commands without their outcome / dead letter
     doubled: int = 0  # effects or outcomes applied more than once
+    wrong: int = 0  # outcomes that differ from what the commands alone say they must be
     outcome_kinds: dict[str, int] = field(default_factory=dict)  # e.g. {"Exhausted": 12}
     problems: list[str] = field(default_factory=list)
 
@@ -129,26 +140,24 @@ class LedgerReport:
             "dead_lettered": self.dead_lettered,
             "lost": self.lost,
             "doubled": self.doubled,
+            "wrong_outcomes": self.wrong,
         }
         figures.update(extra)
         return figures
 
     def line(self, label: str, **extra: object) -> str:
-        figures = " ".join(f"{key}={value}" for key, value in self.figures(**extra).items())
+        return figures.line(label, self._stated(**extra))
+
+    def _stated(self, **extra: object) -> dict[str, object]:
         kinds = ",".join(f"{kind}:{count}" for kind, count in sorted(self.outcome_kinds.items()))
-        return f"FIGURES [{label}] {figures} outcome_kinds={kinds or '-'}"
+        return {**self.figures(**extra), "outcome_kinds": kinds or "-"}
 
     def emit(
         self, label: str, capsys: pytest.CaptureFixture[str] | None = None, **extra: object
     ) -> str:
-        """Print the figures line so that it shows in CI output even with capture on."""
-        text = self.line(label, **extra)
-        if capsys is None:
-            print(text)  # noqa: T201 - the suite states its figures
-        else:
-            with capsys.disabled():
-                print(f"\n{text}")  # noqa: T201
-        return text
+        """Print the figures line (it shows in CI output even with capture on) and keep it for
+        the run's result file (tests/support/figures.py)."""
+        return figures.state(label, capsys, **self._stated(**extra))
 
     def assert_ok(self) -> None:
         if self.problems:
@@ -177,6 +186,7 @@ class Ledger:
         self.sent = 0
         self.copies: list[ReceivedCopy] = []
         self.by_causation: dict[str, list[ReceivedCopy]] = defaultdict(list)
+        self.created_codes: set[str] = set()  # codes whose coupon.created has arrived
         self._collected: Collected | None = None
         self._read = 0
 
@@ -196,13 +206,17 @@ class Ledger:
         expect: Expect = Expect.OUTCOME,
         *,
         error: str | None = None,
+        established: bool = False,
     ) -> SentCommand:
-        """Note one publish of a command (call it for every publish, duplicates included)."""
+        """Note one publish of a command (call it for every publish, duplicates included).
+        `established`: the test had seen the coupon's `coupon.created` before this publish."""
         self.sent += 1
         entry = self.commands.get(message_id)
         if entry is None:
-            entry = SentCommand(message_id, routing_key, body, expect, error)
+            entry = SentCommand(message_id, routing_key, body, expect, error, 0, established)
             self.commands[message_id] = entry
+        else:  # established only if every publish of it was
+            entry.established = entry.established and established
         entry.sends += 1
         return entry
 
@@ -216,10 +230,23 @@ class Ledger:
     ) -> str:
         """Publish `command` (confirmed) through the broker and record it; returns its id."""
         message = command_message(command, message_id=message_id, reply_to=reply_to)
+        # Judged before publishing: a coupon.created seen now was committed before this publish.
+        established = self.has_created(command.code)
         await self.broker.send(command, message_id=message.message_id, reply_to=reply_to)
         default = Expect.NOTHING if command.routing_key == names.GET else Expect.OUTCOME
-        self.record(message.message_id, message.routing_key, message.body, expect or default)
+        self.record(
+            message.message_id,
+            message.routing_key,
+            message.body,
+            expect or default,
+            established=established,
+        )
         return message.message_id
+
+    def has_created(self, code: str) -> bool:
+        """Whether a `coupon.created` for `code` has arrived."""
+        self._take_new()
+        return code in self.created_codes
 
     async def send_many(
         self, commands: Iterable[tuple[Command, str | None]], *, concurrency: int = 64
@@ -247,6 +274,9 @@ class Ledger:
             self.copies.append(copy)
             if copy.causation_id is not None:
                 self.by_causation[copy.causation_id].append(copy)
+            if copy.routing_key == names.CREATED:
+                with contextlib.suppress(ValueError, AttributeError):
+                    self.created_codes.add(str(json.loads(copy.body).get("code")))
 
     def received(self) -> int:
         """How many event copies have arrived so far."""
@@ -304,7 +334,11 @@ class Ledger:
         """Every expected outcome arrived, then no new copy for `quiet` seconds (so that late
         duplicates are counted, not missed). Dead letters are read by `check`."""
         await self.wait_outcomes(within)
-        assert self._collected is not None
+        await self.wait_quiet(quiet)
+
+    async def wait_quiet(self, quiet: float = 0.5) -> None:
+        """Until no new event copy has arrived for `quiet` seconds."""
+        assert self._collected is not None, "start() first"
         while True:
             seen = len(self._collected.messages)
             await asyncio.sleep(quiet)
@@ -417,6 +451,10 @@ class Ledger:
 
         # Effects: each coupon created once, each redemption once, each with its event.
         self._check_effects(coupon_rows, outcome_of, report)
+        # Outcomes: each the right one, by a model of the rules that reads only the commands.
+        wrong = check_outcomes(self.commands.values(), outcome_of, coupon_rows)
+        report.wrong = len(wrong)
+        problems += wrong
         return report
 
     def _check_effects(

@@ -11,6 +11,8 @@ anything a cancelled or timed-out test left stopped.
 
 Callers are marked `disruptive`: `tests/conftest.py` then holds the machine's service lock
 exclusively for them, so no other test (of this run or of another on this machine) is running.
+Every helper here that disrupts a service checks that it does (`require_exclusive`), so an
+unmarked caller fails instead of pulling a service from under a concurrent run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import pytest
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
+
+from tests.support.service_lock import require_exclusive
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 COMMAND_TIMEOUT = 90.0
@@ -121,6 +125,7 @@ async def _start_rabbitmq_app() -> None:
 async def rabbitmq_app_stopped(amqp_url: str) -> AsyncIterator[Outage]:
     """`rabbitmqctl stop_app` for the body of the `with`; `start_app` after it, always."""
     _require_local(amqp_url, "rabbitmqctl", "RabbitMQ")
+    require_exclusive("stopping RabbitMQ")
     outage = Outage("rabbitmq")
     _owed["rabbitmq"] = ["rabbitmqctl", "start_app"]
     try:
@@ -139,6 +144,7 @@ async def close_broker_connections(amqp_url: str, reason: str = "test") -> Outag
     """`rabbitmqctl close_all_connections`: every client connection (the worker's and the
     test's own) is closed by the broker; the broker itself stays up."""
     _require_local(amqp_url, "rabbitmqctl", "RabbitMQ connections")
+    require_exclusive("closing every RabbitMQ connection")
     outage = Outage("rabbitmq-connections", stopped_at=time.monotonic())
     outage.log.append(await _run("rabbitmqctl", "close_all_connections", reason))
     outage.started_at = time.monotonic()
@@ -186,6 +192,7 @@ def _cluster_of(database_url: str) -> tuple[str, str]:
 async def postgres_stopped(database_url: str) -> AsyncIterator[Outage]:
     """`pg_ctlcluster … stop -m fast` for the body of the `with`; `start` after it, always."""
     _require_local(database_url, "pg_ctlcluster", "PostgreSQL")
+    require_exclusive("stopping PostgreSQL")
     version, name = _cluster_of(database_url)
     control = ["pg_ctlcluster", "--skip-systemctl-redirect", version, name]
     outage = Outage("postgresql")

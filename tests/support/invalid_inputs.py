@@ -1,6 +1,11 @@
-"""A hand-written corpus of bad input: everything contract v1 calls invalid, and the hostile
-bodies a parser meets in the wild. Each entry states the `x-error` the contract expects, or
-None for the boundary cases that are valid and must be processed."""
+"""The one table of invalid input: everything contract v1 calls invalid, the hostile bodies a
+parser meets in the wild, and the boundary cases that are valid. Each entry states the `x-error`
+the contract expects, or None for a valid command that must be processed.
+
+Used by the unit tests of `contracts.validation` (tests/unit/test_validation.py), the end-to-end
+test of invalid commands (tests/e2e/test_invalid_commands.py) and the bad-input fault test
+(tests/faults/test_bad_input.py); tests/unit/test_validation.py also holds every entry to the
+independent reading of the contract in `tests/support/contract_rules.py`."""
 
 from __future__ import annotations
 
@@ -22,6 +27,16 @@ class Entry:
     properties: dict[str, Any] = field(default_factory=dict)
     content_type: str | None = names.JSON_CONTENT_TYPE
     without_message_id: bool = False
+
+    def delivered_with(self) -> dict[str, Any]:
+        """Its message properties, as keyword arguments of `contracts.validation.decode_command`
+        and `tests.support.contract_rules.expected_error` (a get has no reply_to)."""
+        return {
+            "message_id": None if self.without_message_id else "m-1",
+            "content_type": self.content_type,
+            "content_encoding": self.properties.get("content_encoding"),
+            "type_": self.properties.get("type"),
+        }
 
 
 def _json(value: object) -> bytes:
@@ -54,7 +69,14 @@ def corpus(tag: str) -> list[Entry]:
         Entry("number", REDEEM, b"42", BAD_COMMAND),
         Entry("null", REDEEM, b"null", BAD_COMMAND),
         Entry("true", REDEEM, b"true", BAD_COMMAND),
+        Entry("NUL bytes only", REDEEM, b"\x00" * 16, BAD_JSON),
         Entry("deep nesting, unclosed, over the limit", REDEEM, b"[" * 100_000, "TooLarge"),
+        Entry(
+            "deep nesting, closed, over the limit",
+            CREATE,
+            b"[" * 40_000 + b"]" * 40_000,
+            "TooLarge",
+        ),
         Entry("deep nesting, unclosed", REDEEM, b"[" * 60_000, BAD_JSON),
         Entry("deep nesting, closed", REDEEM, b"[" * 30_000 + b"]" * 30_000, BAD_JSON),
         Entry(
@@ -106,6 +128,7 @@ def corpus(tag: str) -> list[Entry]:
         Entry("missing code", REDEEM, b"{}", BAD_COMMAND),
         Entry("missing init_count", CREATE, _json({"code": "Z"}), BAD_COMMAND),
         Entry("unknown field", REDEEM, _json({"code": "A", "admin": True}), BAD_COMMAND),
+        Entry("init_count on a redeem", REDEEM, _json({"code": "A", "init_count": 1}), BAD_COMMAND),
         Entry(
             "unknown field on create",
             CREATE,
@@ -117,6 +140,7 @@ def corpus(tag: str) -> list[Entry]:
         Entry("code of 65 characters", REDEEM, _json({"code": "A" * 65}), BAD_COMMAND),
         Entry("code with a space", REDEEM, _json({"code": "A B"}), BAD_COMMAND),
         Entry("code with a dot", REDEEM, _json({"code": "A.B"}), BAD_COMMAND),
+        Entry("code with a slash", REDEEM, _json({"code": "A/B"}), BAD_COMMAND),
         Entry("code with a newline", REDEEM, _json({"code": "A\nB"}), BAD_COMMAND),
         Entry("code with a trailing newline", REDEEM, _json({"code": "A\n"}), BAD_COMMAND),
         Entry("code not a string", REDEEM, _json({"code": 12}), BAD_COMMAND),
@@ -149,6 +173,12 @@ def corpus(tag: str) -> list[Entry]:
             "TooLarge",
         ),
         Entry("body of 1 MiB", REDEEM, b" " * (1024 * 1024), "TooLarge"),
+        Entry(
+            "object over the limit",
+            REDEEM,
+            _json({"code": "A", "pad": "x" * MAX}),
+            "TooLarge",
+        ),
         # Properties.
         Entry(
             "wrong content type",
@@ -193,6 +223,13 @@ def corpus(tag: str) -> list[Entry]:
             properties={"type": REDEEM},
         ),
         Entry("get without reply_to", GET, _json({"code": ok_code}), BAD_COMMAND),
+        Entry(
+            "gzip content encoding, plain body",
+            REDEEM,
+            b"\x1f\x8b not really gzip",
+            "UnsupportedContentType",
+            properties={"content_encoding": "gzip"},
+        ),
         # Boundary cases that are valid and must be processed.
         Entry(
             "create at the boundaries",
@@ -225,6 +262,12 @@ def corpus(tag: str) -> list[Entry]:
             "unicode escapes of ASCII",
             REDEEM,
             _json({"code": ok_code}).replace(b"-", b"\\u002d"),
+            None,
+        ),
+        Entry(
+            "whitespace around and between the fields",
+            CREATE,
+            b' \n{ "init_count" : 3 , "code" : "' + f"{tag}-ws".encode() + b'" }\n ',
             None,
         ),
     ]
