@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     publish_timeout: Annotated[float, Field(gt=0, le=300)] = 30.0
     grace_period: Annotated[float, Field(gt=0, le=3600)] = 25.0
     retry_max_backoff: Annotated[float, Field(gt=0, le=60)] = 5.0
+    uvloop: bool = Field(default=True, description="uvloop's event loop, where it exists (Linux)")
 
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "INFO"

@@ -95,7 +95,7 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     try:
         for kill in range(KILLS):
             await asyncio.sleep(rng.uniform(0.3, 2.5))
-            processed = len(worker.events("command_processed"))
+            processed = worker.processed()
             waiting = await broker.depth(broker.topology.worker_queue)
             worker.signal(signal.SIGKILL)
             assert await worker.wait_exit(within=30) == -signal.SIGKILL

@@ -46,14 +46,14 @@ async def test_sigterm_finishes_in_flight_commands_and_exits_zero(
         worker = start_worker(worker_prefetch=str(IN_FLIGHT), worker_grace_period=str(grace))
         await worker.wait_ready()
         await worker_holds(broker, queued_behind)
-        at_term = len(worker.events("command_processed"))
+        at_term = worker.processed()
         signalled = time.monotonic()
         worker.signal(signal.SIGTERM)
         await worker.wait_for_log("worker_stopping", within=10)
         await transaction.rollback()  # the in-flight redeems can go on now
         code = await worker.wait_exit(within=grace + 30)
         exit_seconds = time.monotonic() - signalled
-    processed = len(worker.events("command_processed"))
+    processed = worker.processed()
     stopped = worker.events("worker_stopped")
     assert code == 0, worker.output[-3000:]
     assert stopped, worker.output[-3000:]
