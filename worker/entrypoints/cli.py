@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def event_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop (less CPU per command: README, Performance) unless `WORKER_UVLOOP=false` or the
+    """uvloop's loop (its event loop and sockets in C) unless `WORKER_UVLOOP=false` or the
     platform has none; None is asyncio's default loop."""
     if not settings.uvloop or sys.platform == "win32":
         return None
