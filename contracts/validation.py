@@ -120,12 +120,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise InvalidJson(f"body is not UTF-8 (byte {exc.start})") from None
     try:
-        payload = json.loads(
-            text,
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_constant=_reject_constant,
-            parse_int=_bounded_int,
-        )
+        payload = _STRICT_JSON.decode(text)
     except _OutOfRangeInteger as exc:
         raise InvalidCommand(RejectionCode.INVALID_COMMAND, str(exc)) from None
     except InvalidCommand:
@@ -176,6 +171,14 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise InvalidJson(f"duplicate key {bounded(key, 80)!r}")
         result[key] = value
     return result
+
+
+# One decoder for every body (json.loads with hooks builds a new one per call).
+_STRICT_JSON: Final = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicate_keys,
+    parse_constant=_reject_constant,
+    parse_int=_bounded_int,
+)
 
 
 def _json_kind(value: object) -> str:

@@ -116,7 +116,7 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
             async with publisher_paused:
                 worker.signal(signal.SIGSTOP)
                 queued = await steady_depth(broker, queue)
-                processed = len(worker.events("command_processed"))
+                processed = worker.processed()
                 worker.signal(signal.SIGKILL)
                 assert await worker.wait_exit(within=30) == -signal.SIGKILL
                 returned = await depth_once_returned(broker, queue) - queued

@@ -22,9 +22,9 @@ from tests.support.worker_process import WorkerProcess
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
 IN_FLIGHT = 100  # WORKER_PREFETCH of the stopped worker
-# The careful start consumes one delivery at a time until a fresh command arrives, then opens a
-# consumer with the full prefetch before cancelling the careful one: the careful consumer's one
-# delivery is held on top of the prefetch (README, WORKER_PREFETCH).
+# The careful start takes the head of the queue with basic.get (outside the prefetch count) and
+# handles it alone before it opens the one consumer with the full prefetch: that head is held on
+# top of the prefetch while it waits (README, WORKER_PREFETCH).
 CAREFUL_START_EXTRA = 1
 QUIET = 1.0  # seconds the queue depth must stay put to count as "the worker holds no more"
 # The worker plans its stop to end within the grace period; this covers what the test's clock
@@ -52,8 +52,8 @@ async def test_sigterm_finishes_in_flight_commands_and_exits_zero(
         )
         worker = start_stopping_worker(start_worker, grace)
         await worker.wait_ready()
-        # The careful start's one delivery plus the full prefetch: exactly one create is held
-        # beside the redeems, and the queue keeps exactly the rest, steadily.
+        # The careful start's head plus the full prefetch: exactly one create is held beside the
+        # redeems, and the queue keeps exactly the rest, steadily.
         queued_at_term = await worker_holds(broker, queued_behind - CAREFUL_START_EXTRA)
         assert queued_at_term == queued_behind - CAREFUL_START_EXTRA
         signalled = time.monotonic()
@@ -162,7 +162,7 @@ async def test_sigterm_when_in_flight_commands_cannot_finish_returns_them(
 def start_stopping_worker(start_worker: StartWorker, grace: float) -> WorkerProcess:
     """One batch at a time: the first redeem's batch waits on the row lock and everything else
     delivered waits behind it, so that exactly the prefetch window (plus the careful start's
-    one) is in flight at SIGTERM. With more batches at once, batches of creates would pass the
+    head) is in flight at SIGTERM. With more batches at once, batches of creates would pass the
     stuck redeems and keep taking new deliveries, and the window would not be full."""
     return start_worker(
         worker_prefetch=str(IN_FLIGHT),

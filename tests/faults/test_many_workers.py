@@ -57,7 +57,7 @@ async def test_four_workers_never_oversell_one_coupon(
         remaining = await connection.scalar(
             select(Coupon.remaining_count).where(Coupon.code == code)
         )
-    processed_by = [len(worker.events("command_processed")) for worker in workers]
+    processed_by = [worker.processed() for worker in workers]
     report.emit(
         "many workers",
         capsys,

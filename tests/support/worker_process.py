@@ -59,6 +59,10 @@ class WorkerProcess:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [record for record in self.records if record.get("event") == name]
 
+    def processed(self) -> int:
+        """How many commands it answered so far (one `batch_answered` line per batch)."""
+        return sum(int(record["count"]) for record in self.events("batch_answered"))
+
     @property
     def output(self) -> str:
         return "\n".join(self.lines)

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
@@ -125,12 +125,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(_settings_error(error))
     scrubber = configure_logging(settings.log_format, settings.log_level, secrets_of(settings))
     try:
-        code = asyncio.run(_dispatch(args, settings, scrubber))
+        with asyncio.Runner(loop_factory=event_loop_factory(settings)) as runner:
+            code = runner.run(_dispatch(args, settings, scrubber))
     except OperatorError as error:  # the one place an operator's error becomes exit status 2
         _fail(scrubber.scrub(str(error)))
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def event_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop (its event loop and sockets in C) unless `WORKER_UVLOOP=false` or the
+    platform has none; None is asyncio's default loop."""
+    if not settings.uvloop or sys.platform == "win32":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings, scrubber: SecretScrubber) -> int:

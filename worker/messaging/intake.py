@@ -3,11 +3,12 @@
 - A batch is whatever is already delivered, up to `batch_size`: no waiting to fill one.
 - Redelivered messages (the worker may have crashed on one of them) run alone, with nothing
   else in flight, so a command that crashes the process cannot take its neighbours down.
-- Careful start: one delivery at a time while the head of the queue is redelivered commands
-  (one of them may have crashed the last worker). Were the full prefetch held while such a
-  command crashes this process too, every held command would be charged a delivery, and
-  healthy commands would reach the delivery limit together with the poison. The first fresh
-  command opens the full prefetch.
+- Careful start: one command at a time (`basic.get`, nothing else held) while the head of the
+  queue is redelivered commands (one of them may have crashed the last worker). Were the full
+  prefetch held while such a command crashes this process too, every held command would be
+  charged a delivery, and healthy commands would reach the delivery limit together with the
+  poison. A fresh head (or an empty queue) starts the one consumer, with the full prefetch: in
+  the usual case the careful start costs one round trip.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from worker.messaging.connection import broker_call
 from worker.messaging.settlement import Settlement
 
 log = structlog.stdlib.get_logger("worker.consumer")
+
+CAREFUL_START_RETRY_PAUSE = 1.0
 
 HandleBatch = Callable[[Sequence[AbstractIncomingMessage]], Coroutine[Any, Any, None]]
 # Sees each delivery as it arrives (the composition root's metrics and tracing).
@@ -48,16 +51,14 @@ class Intake:
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
-        self._careful = True
         self._consumer_tag: str | None = None
+        self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
 
     async def start(self, queue: AbstractQueue, channel: AbstractChannel) -> None:
         self._queue, self._channel = queue, channel
-        self._careful = True
-        await channel.set_qos(prefetch_count=1)
-        self._dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
-        self._consumer_tag = await queue.consume(self._receive)
+        self._stopping = False
+        self._dispatcher = asyncio.create_task(self._start_then_dispatch(), name="dispatcher")
 
     @property
     def dispatcher(self) -> asyncio.Task[None]:
@@ -72,6 +73,7 @@ class Intake:
 
     async def stop_deliveries(self, within: float) -> None:
         """Cancel the consumer: the broker delivers nothing more."""
+        self._stopping = True  # a careful start takes no more
         if self._consumer_tag is None:
             return
         try:
@@ -88,19 +90,31 @@ class Intake:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _open_up(self) -> None:
-        """Leave the careful start: consume again with the full prefetch (a prefetch applies
-        to consumers created after it is set), then cancel the one-at-a-time consumer."""
-        careful_tag = self._consumer_tag
-        try:
-            await broker_call(self._channel.set_qos(prefetch_count=self._prefetch))
-            self._consumer_tag = await broker_call(self._queue.consume(self._receive))
-            self._careful = False
-            if careful_tag is not None:
-                await broker_call(self._queue.cancel(careful_tag))
-        except Exception as error:
-            # The channel may be gone; the next fresh command retries.
-            log.warning("prefetch_open_failed", error=repr(error))
+    async def _start_then_dispatch(self) -> None:
+        while True:
+            try:
+                await self._careful_start()
+                break
+            except Exception as error:  # the channel may be gone: try again once it is back
+                log.warning("careful_start_failed", error=repr(error))
+                await asyncio.sleep(CAREFUL_START_RETRY_PAUSE)
+        await self._dispatch()
+
+    async def _careful_start(self) -> None:
+        """Take the head of the queue alone while it is redelivered, then consume with the
+        full prefetch (the fresh head first)."""
+        while not self._stopping:
+            head = await broker_call(self._queue.get(no_ack=False, fail=False))
+            if head is not None and head.redelivered and not self._stopping:
+                self._settlement.receive(head)
+                await self._handle([head])
+                continue
+            if head is not None:
+                await self._receive(head)
+            if not self._stopping:
+                await broker_call(self._channel.set_qos(prefetch_count=self._prefetch))
+                self._consumer_tag = await broker_call(self._queue.consume(self._receive))
+            return
 
     async def _receive(self, message: AbstractIncomingMessage) -> None:
         if self._on_delivery is not None:
@@ -114,8 +128,6 @@ class Intake:
             if first.redelivered:
                 await self._alone(first)
                 continue
-            if self._careful:
-                await self._open_up()
             batch, suspects = [first], list[AbstractIncomingMessage]()
             while len(batch) < self._batch_size and not self._inbox.empty():
                 message = self._inbox.get_nowait()

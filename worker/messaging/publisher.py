@@ -49,14 +49,14 @@ class Publisher:
     async def publish_outcomes(
         self, answers: Sequence[tuple[AbstractIncomingMessage, Outcome]]
     ) -> None:
-        """Every outcome of a batch, each answering its command; returns when all are
-        confirmed, raises if one is not."""
-        await asyncio.gather(
-            *(self.publish_outcome(outcome, command) for command, outcome in answers)
-        )
+        """Every outcome of a batch, each answering its command, published pipelined; returns
+        when all are confirmed, raises (at the first failure, or as soon as the channel closes)
+        if one is not. One watch on the channel per batch, not one per outcome."""
+        sends = [send for command, outcome in answers for send in self._sends(outcome, command)]
+        await self._confirmed([self._events_channel], *sends)
 
-    async def publish_outcome(self, outcome: Outcome, command: AbstractIncomingMessage) -> None:
-        """To the events exchange (unless a read) and to the command's reply_to, confirmed."""
+    def _sends(self, outcome: Outcome, command: AbstractIncomingMessage) -> list[Awaitable[Any]]:
+        """To the events exchange (unless a read) and to the command's reply_to."""
         assert self._events is not None, "start() first"
         message = Message(
             outcome.body,
@@ -74,7 +74,7 @@ class Publisher:
             sends.append(self._events.publish(message, outcome.routing_key, mandatory=False))
         if command.reply_to:
             sends.append(self._reply(message, command.reply_to))
-        await self._confirmed([self._events_channel], *sends)
+        return sends
 
     async def dead_letter(
         self, command: AbstractIncomingMessage, error: str, detail: str, reply_error: str

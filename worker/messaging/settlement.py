@@ -11,18 +11,19 @@ one delivery tag, which would close the channel.
 The unsettled set (every delivery received and not yet settled) is what a stop waits for, and
 what it returns to the queue when its grace period runs out.
 
-Batch-shaped on purpose: `answer` publishes a batch's outcomes and then acknowledges the batch,
-so that publishing with one confirm wait and acknowledging with `multiple=True` stay changes
-inside this module and the publisher.
+Batch-shaped: `answer` publishes a batch's outcomes with one confirm wait and then acknowledges
+the batch, with one `multiple=True` ack per channel when the delivery tags allow it (`_ack_all`).
+One line per batch at info; the per-command lines are at debug.
 
-A little over 200 lines: the guard, the fates and the unsettled set are one promise, kept
-together so that it can be read (and checked) in one place.
+Over 200 lines: the guard, the fates and the unsettled set are one promise (the multiple ack
+reads the unsettled set), kept together so that it can be read (and checked) in one place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -80,6 +81,11 @@ class Delivery:
         }
 
     @property
+    def channel(self) -> object | None:
+        """The broker channel it came on (delivery tags count per channel), None if closed."""
+        return _channel_of(self.message)
+
+    @property
     def channel_closed(self) -> bool:
         try:
             return bool(self.message.channel.is_closed)
@@ -90,6 +96,13 @@ class Delivery:
         if self.fate is not None:
             raise AlreadySettled(f"{self.message.message_id!r} is {self.fate.value} already")
         self.fate = fate
+
+
+def _channel_of(message: AbstractIncomingMessage) -> object | None:
+    try:
+        return message.channel
+    except Exception:  # closed: its deliveries are the broker's again
+        return None
 
 
 class Settlement:
@@ -161,9 +174,11 @@ class Settlement:
             log.warning("publish_failed", count=len(deliveries), error=repr(error))
             await self._requeue_all(deliveries)
             return
-        for delivery, outcome in zip(deliveries, outcomes, strict=True):
-            await self.ack(delivery)
-            log.info("command_processed", **delivery.context, outcome=outcome.routing_key)
+        await self._ack_all(deliveries)
+        log.info("batch_answered", count=len(deliveries))
+        if log.isEnabledFor(logging.DEBUG):
+            for delivery, outcome in zip(deliveries, outcomes, strict=True):
+                log.debug("command_processed", **delivery.context, outcome=outcome.routing_key)
 
     async def dead_letter(
         self, delivery: Delivery, error: str, detail: str, reply_error: str
@@ -206,6 +221,48 @@ class Settlement:
             log.info("requeue_lost", **delivery.context, error=repr(error))
         finally:
             self._forget(delivery.message)
+
+    async def _ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge a batch: one `multiple=True` ack per channel where the delivery tags
+        allow it, else one ack each. They allow it only when every unsettled delivery on that
+        channel with a tag up to the batch's highest is this batch's: concurrent batches
+        interleave tags, and an ack must never settle a delivery another batch still holds."""
+        by_channel: dict[int, list[Delivery]] = {}
+        for delivery in deliveries:
+            channel = delivery.channel
+            if channel is None or delivery.message.delivery_tag is None:
+                await self.ack(delivery)
+            else:
+                by_channel.setdefault(id(channel), []).append(delivery)
+        for group in by_channel.values():
+            if len(group) > 1 and self._covers(group):
+                await self._ack_up_to(group)
+            else:
+                for delivery in group:
+                    await self.ack(delivery)
+
+    def _covers(self, group: Sequence[Delivery]) -> bool:
+        """Whether acknowledging up to the group's highest tag settles the group and no more."""
+        channel = group[0].channel
+        top = max(d.message.delivery_tag or 0 for d in group)
+        mine = {id(d.message) for d in group}
+        return all(
+            id(message) in mine
+            for message in self._unsettled
+            if (message.delivery_tag or 0) <= top and _channel_of(message) is channel
+        )
+
+    async def _ack_up_to(self, group: Sequence[Delivery]) -> None:
+        highest = max(group, key=lambda d: d.message.delivery_tag or 0)
+        for delivery in group:
+            delivery._decide(Fate.ACKNOWLEDGED)
+        try:
+            await broker_call(highest.message.ack(multiple=True))
+        except Exception as error:
+            log.info("ack_lost", count=len(group), error=repr(error))
+        finally:
+            for delivery in group:
+                self._forget(delivery.message)
 
     async def _requeue_all(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
