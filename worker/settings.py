@@ -1,4 +1,9 @@
-"""All configuration, read once from the environment in `main` and passed down."""
+"""All configuration, read once from the environment in `main` and passed down.
+
+Over the ~200 lines a module aims for: one `Settings` with every variable the README's
+Configuration table lists, their validators, and the URL helpers they need (several broker
+nodes, the heartbeat in each URL, redaction and the secrets to scrub). The URL helpers could
+move beside `worker.addresses`; they stay here while the merged issues settle."""
 
 from __future__ import annotations
 
