@@ -150,8 +150,13 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     assert report.dead_lettered == 0 and report.lost == 0 and report.doubled == 0
     assert report.wrong == 0
     assert len(kills) == KILLS < DELIVERY_LIMIT
-    # Every kill interrupted work: the broker took back commands the worker held unacked.
-    assert all(returned >= 1 for returned in returned_by_kill), kills
+    # The kills interrupted work: the broker took back commands the worker held unacked. Not
+    # necessarily every kill: one that lands in a restarted worker's careful start (redelivered
+    # commands taken one at a time with basic.get) can find it holding nothing, as seen once in
+    # CI (`238/3327/0`); most kills land in full batches.
+    interrupting = sum(returned >= 1 for returned in returned_by_kill)
+    assert interrupting > KILLS // 2, kills
+    assert sum(returned_by_kill) >= KILLS, kills
 
 
 async def steady_depth(broker: Broker, queue: str, within: float = 30.0) -> int:

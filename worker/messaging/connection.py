@@ -107,3 +107,15 @@ async def broker_call(call: Awaitable[T]) -> T:
         if task is None or task.cancelling() > 0:
             raise
         raise ConnectionError("the channel closed under a call to the broker") from error
+
+
+async def bounded(call: Awaitable[T], seconds: float) -> T:
+    """`call`, or TimeoutError after `seconds` — without waiting for the abandoned call to
+    finish cancelling (`asyncio.wait_for` does wait: an aiormq call queued behind a channel's
+    pending RPC can take that long or longer, and a stop must end within its grace period)."""
+    task = asyncio.ensure_future(call)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        raise TimeoutError(f"no answer from the broker within {seconds}s")
+    return task.result()

@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from worker.app.pipeline import BatchProcessor
 from worker.messaging.batches import BatchHandler
-from worker.messaging.connection import broker_call
+from worker.messaging.connection import bounded, broker_call
 from worker.messaging.intake import DeliveryHook, Intake
 from worker.messaging.retry import RetryPolicy
 from worker.messaging.settlement import OutcomePublisher, Settlement
@@ -111,7 +111,7 @@ class Consumer:
         answered from its stored outcome), but a clean stop should not cause redeliveries."""
         await asyncio.sleep(pause)
         try:
-            await broker_call(asyncio.wait_for(self._channel.close(), 5))
+            await broker_call(bounded(self._channel.close(), 5))
         except Exception as error:
             log.warning("channel_close_failed", error=repr(error))
 

@@ -20,12 +20,13 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from worker.messaging.connection import broker_call
+from worker.messaging.connection import bounded, broker_call
 from worker.messaging.settlement import Settlement
 
 log = structlog.stdlib.get_logger("worker.consumer")
 
 CAREFUL_START_RETRY_PAUSE = 1.0
+CANCEL_WAIT = 2.0  # seconds a stop waits for cancelled tasks to end
 
 HandleBatch = Callable[[Sequence[AbstractIncomingMessage]], Coroutine[Any, Any, None]]
 # Sees each delivery as it arrives (the composition root's metrics and tracing).
@@ -78,7 +79,7 @@ class Intake:
             return
         try:
             cancel = self._queue.cancel(self._consumer_tag)
-            await broker_call(asyncio.wait_for(cancel, within))
+            await broker_call(bounded(cancel, within))
         except Exception as error:  # the channel may be gone; nothing is delivered then
             log.warning("consumer_cancel_failed", error=repr(error))
 
@@ -88,7 +89,14 @@ class Intake:
         tasks = [*self._in_flight, *([self._dispatcher] if self._dispatcher else [])]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        # Bounded: a task cancelled inside an aiormq call (a `basic.get` of the careful start,
+        # say) may take its time to end, and the stop must end within its grace period. What
+        # a task left unsettled is returned by the caller all the same.
+        _, pending = await asyncio.wait(tasks, timeout=CANCEL_WAIT)
+        if pending:
+            log.warning("tasks_still_ending", count=len(pending))
 
     async def _start_then_dispatch(self) -> None:
         while True:
