@@ -15,11 +15,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts.identity import coupon_id
 from worker.app.failures import DependencyUnavailable
 from worker.db.engine import create_engine, create_session_factory
 from worker.db.transience import transient_kind
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
-from worker.domain.model import Coupon, coupon_id_for
+from worker.domain.model import Coupon
 from worker.settings import Settings
 
 
@@ -60,7 +61,7 @@ async def test_a_statement_timeout_in_a_unit_of_work_is_a_transient_outage(
             await uow.coupons.session.execute(text("SELECT pg_sleep(5)"))
     async with SqlAlchemyUnitOfWork(sessions) as uow:  # and the next one works
         code = "AFTER-TIMEOUT"
-        await uow.coupons.create_many([Coupon(coupon_id_for(code), code, 1, 1)])
+        await uow.coupons.create_many([Coupon(coupon_id(code), code, 1, 1)])
         await uow.commit()
     async with SqlAlchemyUnitOfWork(sessions) as uow:
         assert (await uow.coupons.get_many([code]))[code].remaining_count == 1

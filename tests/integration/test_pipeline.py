@@ -15,6 +15,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts.commands import CreateCoupon, GetCoupon, RedeemCoupon
+from contracts.identity import coupon_id
 from tests.support.batches import (
     NOW,
     batches,
@@ -32,7 +33,6 @@ from worker.db.repositories import ProcessedCommandsRepository
 from worker.db.tables import Coupon, ProcessedCommand
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.handlers import handle
-from worker.domain.model import coupon_id_for
 from worker.testing.faults import FaultPlan, InjectedFault
 from worker.testing.injection import FaultInjection
 
@@ -208,7 +208,7 @@ async def test_the_same_commands_on_a_fresh_database_give_byte_identical_outcome
     again = await (await fresh()).process(batch)
     assert wire(first) == wire(again)
     created = json.loads(first[0].body)
-    assert created["id"] == str(coupon_id_for("c-1"))
+    assert created["id"] == str(coupon_id("c-1"))
     assert json.loads(first[1].body)["id"] == created["id"]
     # Redelivered, the stored outcome comes back byte for byte as well.
     assert wire(await (await fresh()).process(batch[:1])) == wire(first[:1])

@@ -11,9 +11,12 @@ import pytest
 
 import contracts.testing
 from contracts import identity
+from contracts.commands import CreateCoupon
+from contracts.events import CouponCreated
 from contracts.testing.fake import topic_matches
 from worker.app.outcomes import Outcome
-from worker.domain import model
+from worker.domain import handlers
+from worker.domain.working_set import WorkingSet
 
 
 def test_the_worker_derives_its_ids_from_the_contracts_definition() -> None:
@@ -26,7 +29,9 @@ def test_the_worker_derives_its_ids_from_the_contracts_definition() -> None:
         occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
     assert outcome.event_message_id == identity.event_message_id("m-1")
-    assert model.coupon_id_for("m-1") == identity.coupon_id("m-1")
+    created = handlers.create_coupon(CreateCoupon(code="A", init_count=1), WorkingSet({}), "m-1")
+    assert isinstance(created, CouponCreated)
+    assert created.id == identity.coupon_id("m-1")
 
 
 def test_the_derived_ids_are_pinned() -> None:

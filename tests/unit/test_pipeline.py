@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
+from contracts.identity import coupon_id
 from tests.fakes import FakeDatabase, FakeUnitOfWork
 from tests.support.batches import (
     NOW,
@@ -24,7 +25,6 @@ from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import Envelope, Pipeline
 from worker.domain.handlers import handle
-from worker.domain.model import coupon_id_for
 from worker.testing.faults import FaultPlan, FaultPoint, InjectedFault
 from worker.testing.injection import FaultInjection
 
@@ -199,4 +199,4 @@ async def test_the_same_command_on_a_fresh_database_gives_byte_identical_outcome
     first = await pipeline(FakeDatabase()).process(batch)
     again = await pipeline(FakeDatabase()).process(batch)
     assert wire(first) == wire(again)
-    assert json.loads(first[0].body)["id"] == str(coupon_id_for("c"))
+    assert json.loads(first[0].body)["id"] == str(coupon_id("c"))

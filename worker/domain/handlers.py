@@ -9,13 +9,13 @@ from typing import Any, Final
 
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.events import CouponCreated, CouponError, CouponFound, CouponRedeemed, Event
+from contracts.identity import coupon_id
 from worker.domain.errors import BusinessError
-from worker.domain.model import coupon_id_for
 from worker.domain.working_set import WorkingSet
 
 
 def create_coupon(command: CreateCoupon, coupons: WorkingSet, message_id: str) -> Event:
-    coupon = coupons.create(coupon_id_for(message_id), command.code, command.init_count)
+    coupon = coupons.create(coupon_id(message_id), command.code, command.init_count)
     return CouponCreated(
         id=coupon.id,
         code=coupon.code,
