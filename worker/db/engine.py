@@ -32,6 +32,15 @@ from worker.db.transience import is_demoted_primary
 from worker.keepalive import TcpKeepalive
 from worker.settings import Settings
 
+# asyncpg prepares every statement, and PostgreSQL switches a prepared statement to a generic
+# plan (one for any parameters) after five executions. The repositories' lookups (`key =
+# ANY(:keys)`) then keep the plan made while the table was small: on a new database, a
+# sequential scan that a connection goes on using while the table grows, until an ANALYZE
+# happens to replan it. Measured (pipeline alone, batches of 250 creates): 6,100 creates/s
+# over the first 5,000 rows, 1,540/s by 20,000, 310/s by 80,000; with custom plans, 7,000 to
+# 10,800/s throughout. Planning a handful of statements per batch costs far less than that.
+CUSTOM_PLANS = "force_custom_plan"
+
 
 def create_engine(settings: Settings, *, admin: bool = False) -> AsyncEngine:
     """The worker's engine; `admin=True` for migrations and pruning, whose statements may run
@@ -49,6 +58,8 @@ def create_engine(settings: Settings, *, admin: bool = False) -> AsyncEngine:
             "command_timeout": None if admin else settings.db_statement_timeout,
             "server_settings": {
                 "application_name": "coupon-worker",
+                # Plan every execution for its own arrays: see `CUSTOM_PLANS`.
+                "plan_cache_mode": CUSTOM_PLANS,
                 **keepalive.postgres_server_settings(),
             },
         },
