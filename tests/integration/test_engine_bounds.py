@@ -7,6 +7,7 @@ in the client: asyncpg's TimeoutError, then the engine's handling of it.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.identity import coupon_id
 from worker.app.failures import DependencyUnavailable
+from worker.db import engine as engine_module
 from worker.db.engine import create_engine, create_session_factory
 from worker.db.transience import transient_kind
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
@@ -84,3 +86,40 @@ async def test_keepalive_on_both_ends(bounded: AsyncEngine) -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
         server = (await connection.execute(text("SHOW tcp_keepalives_idle"))).scalar_one()
         assert server == "10s" or server == "10"
+
+
+async def terminate(settings: Settings, pid: int) -> None:
+    """Ends one server backend, as a database restart or an idle-connection reaper would."""
+    admin = create_engine(settings, admin=True)
+    try:
+        async with admin.connect() as connection:
+            ended = await connection.execute(
+                text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+            )
+            assert ended.scalar_one() is True
+    finally:
+        await admin.dispose()
+
+
+async def test_an_idle_connection_that_died_is_replaced_before_use(
+    settings: Settings, bounded: AsyncEngine
+) -> None:
+    dead = await backend_pid(bounded)
+    await terminate(settings, dead)
+    await asyncio.sleep(engine_module.PING_AFTER_IDLE + 0.2)
+    # Pinged at checkout (it was idle), found dead, replaced: the caller sees no error.
+    assert await backend_pid(bounded) != dead
+
+
+async def test_a_busy_connection_that_died_fails_one_unit_of_work_which_is_transient(
+    settings: Settings, bounded: AsyncEngine
+) -> None:
+    dead = await backend_pid(bounded)
+    await terminate(settings, dead)
+    # Used again at once (not idle long enough to be pinged): the statement fails on the dead
+    # connection, as an outage the retry policy retries; the next unit of work gets a new one.
+    sessions = create_session_factory(bounded)
+    with pytest.raises(DependencyUnavailable):
+        async with SqlAlchemyUnitOfWork(sessions) as uow:
+            await uow.coupons.get_many(["ANY"])
+    assert await backend_pid(bounded) != dead

@@ -89,8 +89,8 @@ async def test_a_failing_batch_is_split_and_the_poison_dead_lettered_after_its_a
     pipeline.gate = asyncio.Event()
     healthy = ["first", "second", "a", "b", "c"]
     async with running_consumer(settings, pipeline):  # FAST_RETRIES: 3 attempts
-        # One batch held in the pipeline, the next waiting for its turn: what arrives then
-        # piles up into one batch behind them.
+        # One batch held in the pipeline, the next command waiting for a slot: what arrives
+        # meanwhile joins its batch once the slot frees.
         for code in healthy[:2]:
             await broker.send(CreateCoupon(code=code, init_count=1))
             await wait_empty(broker)
@@ -103,8 +103,8 @@ async def test_a_failing_batch_is_split_and_the_poison_dead_lettered_after_its_a
         [dead] = await broker.wait_dead_letters(1, within=30)
 
     assert sorted(json.loads(m.body)["code"] for m in answered) == sorted(healthy)
-    assert pipeline.batches[:3] == [["first"], ["second"], ["poison", "a", "b", "c"]]
-    assert pipeline.batches[3:] == [["poison"]] * 3 + [["a"], ["b"], ["c"]]
+    assert pipeline.batches[:2] == [["first"], ["second", "poison", "a", "b", "c"]]
+    assert pipeline.batches[2:] == [["second"]] + [["poison"]] * 3 + [["a"], ["b"], ["c"]]
     assert dead.message_id == poison_id
     headers = dead.headers or {}
     assert headers.get("x-error") == "ProcessingFailed"

@@ -136,11 +136,13 @@ class Intake:
             if first.redelivered:
                 await self._alone(first)
                 continue
+            # A slot first, then the batch: what arrives while every slot is busy joins it,
+            # instead of waiting behind a batch of one formed too early.
+            await self._slots.acquire()
             batch, suspects = [first], list[AbstractIncomingMessage]()
             while len(batch) < self._batch_size and not self._inbox.empty():
                 message = self._inbox.get_nowait()
                 (suspects if message.redelivered else batch).append(message)
-            await self._slots.acquire()
             task = asyncio.create_task(self._handle(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
