@@ -6,6 +6,7 @@ The only module that knows every layer; the only one that wires fault injection 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from collections.abc import Callable
@@ -109,12 +110,13 @@ async def _consume(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     beating = asyncio.create_task(heartbeat(settings.health_file, connection))
+    frozen = _freeze_startup_heap()
     await consumer.start(queue, consume_channel)
     try:
         async with health.serving(
             settings.http_host, settings.http_port, readiness, instruments.metrics
         ):
-            return await _run_until_stopped(settings, topology, consumer, stop, beating)
+            return await _run_until_stopped(settings, topology, consumer, stop, beating, frozen)
     finally:
         await instruments.close()
 
@@ -125,9 +127,11 @@ async def _run_until_stopped(
     consumer: Consumer,
     stop: asyncio.Event,
     beating: asyncio.Task[None],
+    frozen_objects: int,
 ) -> int:
     log.info(
         "worker_ready",
+        frozen_objects=frozen_objects,
         queue=topology.worker_queue,
         broker=redact_url(settings.amqp_url.get_secret_value()),
         database=redact_url(settings.database_url.get_secret_value()),
@@ -153,6 +157,18 @@ async def _run_until_stopped(
         cause = None if failed.cancelled() else failed.exception()
         raise RuntimeError("the dispatcher stopped unexpectedly") from cause
     return 0
+
+
+def _freeze_startup_heap() -> int:
+    """Move what start-up made (modules, mapped classes, compiled models, connections: some
+    100,000 objects) out of the garbage collector's reach; returns how many. Every full
+    collection walked them all: 70-95 ms with the event loop stopped (measured in process),
+    delaying every command in flight; one fell inside a 10 s run at 200 commands/s, and 1 %
+    of that run's commands is its p99 latency. What the worker creates from now on is
+    collected as before."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 async def _database_answers(engine: AsyncEngine) -> None:
