@@ -37,7 +37,8 @@ def workload(batch_size: int) -> list[list[Envelope]]:
         *(GetCoupon(code=f"C{i}") for i in range(500)),
     ]
     envelopes = [Envelope(str(uuid.uuid4()), command) for command in commands]
-    batches, start = [], 0
+    batches: list[list[Envelope]] = []
+    start = 0
     while start < len(envelopes):
         size = max(1, batch_size - len(batches) % 7)  # sizes vary, as the consumer's do
         batches.append(envelopes[start : start + size])
