@@ -187,6 +187,7 @@ async def main(rate: float, seconds: float, concurrency: int) -> str:
     try:
         worker = asyncio.create_task(run.serve(settings, lambda text: text, migrate=True))
         await asyncio.sleep(4)  # started and consuming
+        pauses.clear()  # the start-up's own collection (before gc.freeze) is not the run's
         publisher = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
