@@ -194,6 +194,45 @@ def _security(f: Figures) -> str:
     )
 
 
+def _silent(f: Figures) -> str:
+    def one(label: str, peer: str) -> str:
+        return (
+            f"{peer}: dark {f(label, 'partition_seconds')} s, detected "
+            f"{f(label, 'detected_seconds_after_silence')} s after it went silent; "
+            f"{f(label, 'commands_without_outcome_at_network_back')} commands waiting when the "
+            f"network came back, first outcome "
+            f"{f(label, 'first_outcome_seconds_after_network_back')} s and all "
+            f"{f(label, 'all_outcomes_in_seconds_after_network_back')} s after; "
+            f"{f(label, 'distinct_outcomes')}/{f(label, 'commands')} outcomes, **{f(label, 'lost')}"
+            f" lost, {f(label, 'doubled')} doubled**"
+        )
+
+    return f"{one('silent broker', 'RabbitMQ')}; {one('silent database', 'PostgreSQL')}"
+
+
+def _cluster(f: Figures) -> str:
+    node, leader = "cluster: worker's node stopped", "cluster: quorum queue leader stopped"
+    sync = "database failover (synchronous standby)"
+    async_ = "database failover (asynchronous standby)"
+    return (
+        f"worker's node ({f(node, 'worker_node_before')}) stopped: resumed on "
+        f"{f(node, 'worker_node_after')} {f(node, 'resumed_seconds_after_node_stopped')} s after, "
+        f"**{f(node, 'lost')} lost, {f(node, 'doubled')} doubled**; queue leader "
+        f"({f(leader, 'leader_before')}) stopped: new leader {f(leader, 'leader_after')}, resumed "
+        f"{f(leader, 'resumed_seconds_after_node_stopped')} s after, **{f(leader, 'lost')} lost, "
+        f"{f(leader, 'doubled')} doubled**; PostgreSQL failover to a synchronous standby: "
+        f"resumed {f(sync, 'resumed_seconds_after_promotion')} s after promotion, "
+        f"**{f(sync, 'acked_effects_lost')} acknowledged effects lost, {f(sync, 'lost')} lost, "
+        f"{f(sync, 'doubled')} doubled**; to an asynchronous standby (the cost measured, not "
+        f"a guarantee): {f(async_, 'outcomes_acked_in_window')} outcomes acknowledged while "
+        f"the standby was cut off for {f(async_, 'lag_window_seconds')} s "
+        f"({f(async_, 'outcomes_acked_until_primary_stopped')} until the primary stopped); "
+        f"**{f(async_, 'acked_effects_lost')} acknowledged commands have no effect** on the new "
+        f"primary, and the ledger counts {f(async_, 'doubled')} effects doubled and "
+        f"{f(async_, 'wrong_outcomes')} wrong outcomes (counter values handed out again)"
+    )
+
+
 ROWS: list[tuple[str, str, Callable[[Figures], str], str]] = [
     (
         "Crash anywhere",
@@ -255,6 +294,21 @@ ROWS: list[tuple[str, str, Callable[[Figures], str], str]] = [
         "strings as codes",
         _security,
         "tests/faults/test_security.py",
+    ),
+    (
+        "Silent peers",
+        "a TCP proxy between the worker and RabbitMQ, then PostgreSQL, that goes dark (no FIN, "
+        "no RST: a half-open connection) for 20 s with commands arriving",
+        _silent,
+        "tests/faults/test_silent_peers.py",
+    ),
+    (
+        "Past one machine",
+        "a 3-node RabbitMQ cluster on loopback (`scripts/rabbit-cluster`): the worker's node "
+        "stopped, then the quorum queue's leader; PostgreSQL primary stopped and a standby "
+        "promoted (`scripts/pg-standby`), synchronous and asynchronous",
+        _cluster,
+        "tests/faults/test_cluster.py",
     ),
 ]
 
