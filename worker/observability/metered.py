@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Self
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import BatchProcessor, Envelope
-from worker.app.ports import ProcessedCommands, UnitOfWork
-from worker.domain.ports import CouponRepository
+from worker.app.ports import ForwardingUnitOfWork, ProcessedCommands, UnitOfWork
 from worker.messaging.settlement import OutcomePublisher
 from worker.observability.metrics import Metrics
 
@@ -72,35 +69,16 @@ class _CountedProcessedCommands:
         return await self._inner.record(outcomes)
 
 
-class MeteredUnitOfWork:
+class MeteredUnitOfWork(ForwardingUnitOfWork):
     """Counts the commands answered from their stored outcome."""
 
     def __init__(self, inner: UnitOfWork, metrics: Metrics) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._metrics = metrics
-
-    @property
-    def coupons(self) -> CouponRepository:
-        return self._inner.coupons
 
     @property
     def processed(self) -> ProcessedCommands:
         return _CountedProcessedCommands(self._inner.processed, self._metrics)
-
-    async def __aenter__(self) -> Self:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._inner.__aexit__(exc_type, exc, tb)
-
-    async def commit(self) -> None:
-        await self._inner.commit()
 
 
 def metered_units_of_work(

@@ -23,7 +23,7 @@ from contracts.commands import Command
 from contracts.events import Event
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import Handle
-from worker.app.ports import ProcessedCommands, UnitOfWork
+from worker.app.ports import ForwardingUnitOfWork, UnitOfWork
 from worker.domain.model import Coupon
 from worker.domain.ports import CouponRepository
 from worker.domain.working_set import WorkingSet
@@ -51,13 +51,13 @@ class FaultInjection:
         return FaultyPublisher(publisher, self.plan)
 
 
-class FaultyUnitOfWork:
+class FaultyUnitOfWork(ForwardingUnitOfWork):
     """A unit of work that reaches `before_commit` and `after_commit` for the codes handled in
     it: those the pipeline loads to handle (a command answered from its stored outcome is not
     loaded again)."""
 
     def __init__(self, inner: UnitOfWork, plan: FaultPlan) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._plan = plan
         self._committed = False
         self.handled: list[str] = []
@@ -66,12 +66,8 @@ class FaultyUnitOfWork:
     def coupons(self) -> CouponRepository:
         return _RecordingCoupons(self._inner.coupons, self.handled)
 
-    @property
-    def processed(self) -> ProcessedCommands:
-        return self._inner.processed
-
     async def __aenter__(self) -> Self:
-        await self._inner.__aenter__()
+        await super().__aenter__()
         self._committed = False
         self.handled.clear()
         return self
@@ -82,13 +78,13 @@ class FaultyUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._inner.__aexit__(exc_type, exc, tb)
+        await super().__aexit__(exc_type, exc, tb)
         if exc is None and self._committed:
             self._plan.hit(FaultPoint.AFTER_COMMIT, self.handled)
 
     async def commit(self) -> None:
         self._plan.hit(FaultPoint.BEFORE_COMMIT, self.handled)
-        await self._inner.commit()
+        await super().commit()
         self._committed = True
 
 
