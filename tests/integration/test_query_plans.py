@@ -74,7 +74,7 @@ async def test_lookups_use_the_index_after_the_table_grew(
         # Ten lookups on the empty table, on the one pooled connection: past the five
         # executions after which PostgreSQL may settle on a generic plan.
         for _ in range(10):
-            assert await sequential_scans_of_one_lookup(engine, ["absent"]) >= 0
+            await sequential_scans_of_one_lookup(engine, ["absent"])
         async with engine.begin() as connection:
             await connection.execute(
                 text(

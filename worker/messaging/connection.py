@@ -9,7 +9,7 @@ import asyncio
 import ssl
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from aio_pika.abc import AbstractRobustConnection
@@ -116,6 +116,13 @@ async def bounded(call: Awaitable[T], seconds: float) -> T:
     task = asyncio.ensure_future(call)
     done, _ = await asyncio.wait({task}, timeout=seconds)
     if not done:
+        # Abandoned: whatever it ends with is nobody's to read (no "never retrieved" warning).
+        task.add_done_callback(_discard_outcome)
         task.cancel()
         raise TimeoutError(f"no answer from the broker within {seconds}s")
     return task.result()
+
+
+def _discard_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
