@@ -2,11 +2,12 @@
 
 Delivery limit: the worker queue is a quorum queue with `x-delivery-limit` 20 (the default),
 and RabbitMQ 3.10 counts every delivery returned by a crash toward it. A kill returns at most
-what the worker had been delivered (prefetch 256), each message once, so after `KILLS` kills no
-message can have been returned more than `KILLS` times: 6 < 20, and a healthy command can never
-be dead-lettered by this test. (The ledger checks that nothing was.)
+what the worker had been delivered (its prefetch, 500 by default), each message once, so after
+`KILLS` kills no message can have been returned more than `KILLS` times: 6 < 20, and a healthy
+command can never be dead-lettered by this test. (The ledger checks that nothing was.)
 
-Each kill must interrupt work, or it proves nothing: the broker counts what it interrupted.
+Each kill must interrupt work, or it proves nothing: kills fall at random points of the
+stream's progress, while work is queued, and the broker counts what each one interrupted.
 The worker is frozen first (SIGSTOP: wherever it is, it stops there, as a SIGKILL would stop
 it) and the publisher paused, so the queue's depth holds still; after the SIGKILL the broker
 returns the worker's unacked deliveries to the queue, and the depth grows by exactly that many.
@@ -98,15 +99,21 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
         for start in range(0, len(stream), CHUNK):
             async with publisher_paused:
                 await ledger.send_many(stream[start : start + CHUNK])
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0)  # let a kill take the lock between chunks
 
     publishing = asyncio.create_task(publish())
     queue = broker.topology.worker_queue
     kills: list[str] = []
     returned_by_kill: list[int] = []
+    # Kill moments are random points of the stream's progress (events received), not of the
+    # clock: up to 85 % of the stream, the queue still holds work behind the worker, however
+    # fast the worker runs, so every kill finds it busy (in a full batch, or taking the
+    # redelivered head one at a time).
+    start = ledger.received()
+    moments = sorted(rng.sample(range(len(stream) // 20, len(stream) * 85 // 100), KILLS))
     try:
-        for kill in range(KILLS):
-            await asyncio.sleep(rng.uniform(0.3, 1.5))
+        for kill, moment in enumerate(moments):
+            await ledger.wait_received(start + moment, within=120)
             # What the kill interrupts is measured by the broker alone. The publisher pauses
             # (once the chunk in flight is confirmed) and the worker is frozen (SIGSTOP: from
             # its point of view the kill happens now, wherever it is); frozen, it can neither
@@ -123,7 +130,9 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
             returned_by_kill.append(returned)
             kills.append(f"{processed}/{queued}/{returned}")
             worker = start_worker(name=f"worker-{kill + 1}")
-            await worker.wait_ready(within=60)
+            # Connected, not ready: the next kill may land in its careful start (the
+            # redelivered head taken one at a time), which `worker_ready` waits out.
+            await worker.wait_for_log("worker_connected", within=60)
         last_restart = time.monotonic()
         await publishing
         published = time.monotonic()

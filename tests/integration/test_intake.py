@@ -42,14 +42,22 @@ async def test_redelivered_commands_run_one_at_a_time_and_alone_before_fresh_one
     pipeline = ScriptedPipeline()
     pipeline.gate = asyncio.Event()
 
-    async with running_consumer(settings, pipeline):
+    async with running_consumer(settings, pipeline) as consumer:
         # The first suspect is held in the pipeline: with a prefetch of one, nothing else
         # has left the queue.
         await asyncio.wait_for(pipeline.entered.wait(), 30)
         await asyncio.sleep(0.5)
         assert await broker.depth(broker.topology.worker_queue) == len(suspects + fresh) - 1
         assert pipeline.batches == [["suspect-0"]]
+        # Not consuming yet (what `worker_ready` and the readiness probe wait for).
+        consuming = asyncio.create_task(consumer.wait_consuming())
+        await asyncio.sleep(0.2)
+        assert not consuming.done() and not consumer.consuming
         pipeline.gate.set()
+        await asyncio.wait_for(consuming, 30)
+        # Once it returns, the broker counts the consumer: nothing left to race.
+        assert consumer.consuming
+        assert await broker.consumers(broker.topology.worker_queue) == 1
         await events.wait_for(len(suspects + fresh))
 
     assert pipeline.batches[:3] == [[code] for code in suspects]

@@ -112,6 +112,8 @@ async def _consume(
     beating = asyncio.create_task(heartbeat(settings.health_file, connection))
     frozen = _freeze_startup_heap()
     await consumer.start(queue, consume_channel)
+    # Connected and declared; the careful start runs now, and `worker_ready` follows it.
+    log.info("worker_connected", queue=topology.worker_queue)
     try:
         async with health.serving(
             settings.http_host, settings.http_port, readiness, instruments.metrics
@@ -129,19 +131,16 @@ async def _run_until_stopped(
     beating: asyncio.Task[None],
     frozen_objects: int,
 ) -> int:
-    log.info(
-        "worker_ready",
-        frozen_objects=frozen_objects,
-        queue=topology.worker_queue,
-        broker=redact_url(settings.amqp_url.get_secret_value()),
-        database=redact_url(settings.database_url.get_secret_value()),
-        prefetch=settings.prefetch,
-        batch_size=settings.batch_size,
-        concurrency=settings.concurrency,
-    )
     stopped = asyncio.create_task(stop.wait())
     failed = asyncio.create_task(consumer.wait_failed())
-    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    # Ready means consuming: after the careful start (a redelivered head is taken alone
+    # first), once the broker delivers to this worker, as the readiness probe says too.
+    consuming = asyncio.create_task(consumer.wait_consuming())
+    await asyncio.wait({stopped, failed, consuming}, return_when=asyncio.FIRST_COMPLETED)
+    consuming.cancel()
+    if not (stopped.done() or failed.done()):
+        _log_ready(settings, topology, frozen_objects)
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
     started = time.monotonic()
     log.info("worker_stopping", grace_period=settings.grace_period)
     returned = await consumer.stop(settings.grace_period)
@@ -157,6 +156,19 @@ async def _run_until_stopped(
         cause = None if failed.cancelled() else failed.exception()
         raise RuntimeError("the dispatcher stopped unexpectedly") from cause
     return 0
+
+
+def _log_ready(settings: Settings, topology: Topology, frozen_objects: int) -> None:
+    log.info(
+        "worker_ready",
+        frozen_objects=frozen_objects,
+        queue=topology.worker_queue,
+        broker=redact_url(settings.amqp_url.get_secret_value()),
+        database=redact_url(settings.database_url.get_secret_value()),
+        prefetch=settings.prefetch,
+        batch_size=settings.batch_size,
+        concurrency=settings.concurrency,
+    )
 
 
 def _freeze_startup_heap() -> int:

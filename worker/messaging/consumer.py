@@ -72,6 +72,10 @@ class Consumer:
     def consuming(self) -> bool:
         return self._intake.consuming
 
+    async def wait_consuming(self) -> None:
+        """Returns once the broker delivers to this consumer (after the careful start)."""
+        await self._intake.wait_consuming()
+
     async def stop(self, grace_period: float) -> int:
         """Stop taking deliveries, finish what was delivered, return the rest. Returns how
         many messages had to be returned to the queue."""

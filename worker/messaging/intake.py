@@ -53,6 +53,7 @@ class Intake:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._consumer_tag: str | None = None
+        self._consumer_registered = asyncio.Event()
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
 
@@ -71,6 +72,10 @@ class Intake:
     def consuming(self) -> bool:
         """A consumer is registered on a channel that is open."""
         return self._consumer_tag is not None and not self._channel.is_closed
+
+    async def wait_consuming(self) -> None:
+        """Returns once the careful start is over and the consumer is registered."""
+        await self._consumer_registered.wait()
 
     async def stop_deliveries(self, within: float) -> None:
         """Cancel the consumer: the broker delivers nothing more."""
@@ -122,6 +127,7 @@ class Intake:
             if not self._stopping:
                 await broker_call(self._channel.set_qos(prefetch_count=self._prefetch))
                 self._consumer_tag = await broker_call(self._queue.consume(self._receive))
+                self._consumer_registered.set()
             return
 
     async def _receive(self, message: AbstractIncomingMessage) -> None:
