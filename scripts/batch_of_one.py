@@ -1,0 +1,173 @@
+"""Where a batch of one spends its time: the pipeline alone (no broker), one command per batch
+at a steady pace, as the worker runs at a low rate (every command a batch of one).
+
+    uv run python scripts/batch_of_one.py [--commands 2000] [--rate 200]
+
+Creates a throw-away database next to DATABASE_URL's (migrated by alembic), builds the engine
+as the worker does (`worker.db.engine.create_engine`), then runs creates and redeems of distinct
+coupons through `Pipeline.process`, one per batch, `--rate` per second. Prints, per workload:
+the batch's wall time (p50 / p90 / p99 / max), the time inside the driver per statement (from
+SQLAlchemy's cursor events, the statement's first words; the first statement of a transaction
+includes asyncpg's BEGIN), the commit, and what is left (Python: SQLAlchemy, the handlers,
+building outcomes). For comparison, the same round trips sent by asyncpg alone: a prepared
+`SELECT 1`, and BEGIN / COMMIT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.commands import Command, CreateCoupon, RedeemCoupon
+from tests.support.database import create_database, drop_database
+from worker.app.pipeline import Envelope, Pipeline
+from worker.db import migrations
+from worker.db.engine import create_engine, create_session_factory
+from worker.db.unit_of_work import SqlAlchemyUnitOfWork
+from worker.settings import Settings
+
+
+def percentiles(values: list[float]) -> str:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return f"p50 {at(0.5):6.2f}  p90 {at(0.9):6.2f}  p99 {at(0.99):6.2f}  max {ordered[-1]:6.2f} ms"
+
+
+class Timings:
+    """Driver time per statement and per commit, from SQLAlchemy's engine events."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.by_statement: dict[str, list[float]] = defaultdict(list)
+        self._started: dict[int, float] = {}
+        sync = engine.sync_engine
+        event.listen(sync, "before_cursor_execute", self._before)
+        event.listen(sync, "after_cursor_execute", self._after)
+        event.listen(sync, "commit", self._commit_starts)
+        self._commit_started: float | None = None
+
+    def _before(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        self._started[id(cursor)] = time.perf_counter()
+
+    def _after(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        started = self._started.pop(id(cursor))
+        words = " ".join(statement.split()[:3])
+        self.by_statement[words].append((time.perf_counter() - started) * 1000)
+
+    def _commit_starts(self, conn: Any) -> None:
+        self._commit_started = time.perf_counter()
+
+    def commit_ended(self) -> None:
+        if self._commit_started is not None:
+            self.by_statement["COMMIT (from the commit event)"].append(
+                (time.perf_counter() - self._commit_started) * 1000
+            )
+            self._commit_started = None
+
+
+async def paced(
+    count: int, rate: float, make: Callable[[int], Command], pipeline: Pipeline, timings: Timings
+) -> list[float]:
+    walls: list[float] = []
+    interval = 1 / rate
+    next_at = time.perf_counter()
+    for n in range(count):
+        next_at += interval
+        started = time.perf_counter()
+        await pipeline.process([Envelope(str(uuid.uuid4()), make(n))])
+        timings.commit_ended()
+        walls.append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+    return walls
+
+
+async def raw_round_trips(dsn: str, count: int) -> dict[str, list[float]]:
+    connection = await asyncpg.connect(dsn)
+    out: dict[str, list[float]] = defaultdict(list)
+    try:
+        select_one = await connection.prepare("SELECT 1")
+        for _ in range(count):
+            started = time.perf_counter()
+            await select_one.fetchval()
+            out["asyncpg: prepared SELECT 1"].append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            transaction = connection.transaction()
+            await transaction.start()
+            out["asyncpg: BEGIN"].append((time.perf_counter() - started) * 1000)
+            await connection.execute("SELECT 1")
+            started = time.perf_counter()
+            await transaction.commit()
+            out["asyncpg: COMMIT (read-only)"].append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.005)
+    finally:
+        await connection.close()
+    return out
+
+
+@contextmanager
+def section(title: str) -> Iterator[None]:
+    sys.stdout.write(f"\n== {title}\n")
+    yield
+    sys.stdout.flush()
+
+
+async def main(commands: int, rate: float) -> None:
+    admin_url = os.environ.get(
+        "DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    )
+    url = await create_database(admin_url, prefix="coupon_one")
+    settings = Settings.model_validate({"DATABASE_URL": url})
+    engine = create_engine(settings)
+    try:
+        await migrations.upgrade(engine)
+        timings = Timings(engine)
+        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(create_session_factory(engine)))
+        # Warm up: compile the statements, prepare them on the pool's connections.
+        await paced(
+            200, 1000, lambda n: CreateCoupon(code=f"W{n}", init_count=1), pipeline, timings
+        )
+        workloads: dict[str, Callable[[int], Command]] = {
+            "create": lambda n: CreateCoupon(code=f"C{n}", init_count=2),
+            "redeem": lambda n: RedeemCoupon(code=f"C{n}"),
+        }
+        for name, make in workloads.items():
+            timings.by_statement.clear()
+            walls = await paced(commands, rate, make, pipeline, timings)
+            with section(f"{name}: {commands} batches of one at {rate:g}/s"):
+                sys.stdout.write(f"{'batch (wall)':>44} {percentiles(walls)}\n")
+                medians = 0.0
+                for statement, values in sorted(timings.by_statement.items()):
+                    medians += statistics.median(values)
+                    sys.stdout.write(f"{statement[:44]:>44} {percentiles(values)}\n")
+                left = statistics.median(walls) - medians
+                sys.stdout.write(f"{'batch p50 less the statements p50s':>44} {left:6.2f} ms\n")
+        raw_dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+        with section("asyncpg alone, the same server"):
+            for what, values in (await raw_round_trips(raw_dsn, commands)).items():
+                sys.stdout.write(f"{what:>44} {percentiles(values)}\n")
+    finally:
+        await engine.dispose()
+        await drop_database(admin_url, url)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commands", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    args = parser.parse_args()
+    asyncio.run(main(args.commands, args.rate))
