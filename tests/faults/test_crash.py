@@ -1,4 +1,4 @@
-"""Crash anywhere: SIGKILL the worker at random moments while a mixed stream flows through it.
+"""Crash anywhere: SIGKILL the worker at random points while a mixed stream flows through it.
 
 Delivery limit: the worker queue is a quorum queue with `x-delivery-limit` 20 (the default),
 and RabbitMQ 3.10 counts every delivery returned by a crash toward it. A kill returns at most

@@ -237,8 +237,9 @@ ROWS: list[tuple[str, str, Callable[[Figures], str], str]] = [
     (
         "Crash anywhere",
         "≥ 5,000 mixed commands (creates, redeems of shared coupons, duplicate `message_id`s); "
-        "the worker SIGKILLed 6 times at random moments (frozen first, so that the broker can "
-        "count what each kill interrupts) and restarted",
+        "the worker SIGKILLed 6 times at random points of the stream's progress, while work is "
+        "queued (frozen first, so that the broker can count what each kill interrupts) and "
+        "restarted, each next kill possibly in its careful start",
         _crash,
         "tests/faults/test_crash.py",
     ),
