@@ -84,8 +84,7 @@ class Phase:
 class Progress:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self._console = Console(file=self.stream) if self.tty else None
+        self._console = Console(file=self.stream) if self.stream.isatty() else None
 
     def phase(self, label: str, total: int) -> Phase:
         return Phase(label, total, self.stream, self._console)

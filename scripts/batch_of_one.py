@@ -8,9 +8,10 @@ as the worker does (`worker.db.engine.create_engine`), then runs creates and red
 coupons through `Pipeline.process`, one per batch, `--rate` per second. Prints, per workload:
 the batch's wall time (p50 / p90 / p99 / max), the time inside the driver per statement (from
 SQLAlchemy's cursor events, the statement's first words; the first statement of a transaction
-includes asyncpg's BEGIN), the commit, and what is left (Python: SQLAlchemy, the handlers,
-building outcomes). For comparison, the same round trips sent by asyncpg alone: a prepared
-`SELECT 1`, and BEGIN / COMMIT.
+includes asyncpg's BEGIN), the commit (from SQLAlchemy's commit event to the batch's end: COMMIT,
+then the session's close handing the connection back to the pool), and what is left (Python:
+SQLAlchemy, the handlers, building outcomes). For comparison, the same round trips sent by
+asyncpg alone: a prepared `SELECT 1`, and BEGIN / COMMIT.
 """
 
 from __future__ import annotations
