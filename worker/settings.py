@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     db_statement_timeout: Annotated[float, Field(gt=0, le=600)] = 5.0  # asyncpg command_timeout
     tcp_keepalive: Annotated[int, Field(ge=0, le=7200)] = 10  # idle s before probing; 0: off
     grace_period: Annotated[float, Field(gt=0, le=3600)] = 25.0
+    # Seconds the worker may be unable to consume while the broker accepts connections (and
+    # does not block it) before /healthz fails and it exits non-zero for its supervisor to
+    # restart it; it starts anew from scratch at a third of this. worker/messaging/supervisor.py
+    stuck_limit: Annotated[float, Field(ge=6, le=3600)] = 30.0
     retry_max_backoff: Annotated[float, Field(gt=0, le=60)] = 5.0
     uvloop: bool = Field(default=True, description="uvloop's event loop, where it exists (Linux)")
 

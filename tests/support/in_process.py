@@ -19,9 +19,11 @@ from worker.app.pipeline import Envelope, Pipeline
 from worker.messaging import topology as broker_topology
 from worker.messaging.connection import connect_broker
 from worker.messaging.consumer import Consumer
+from worker.messaging.outlet import Outlet
 from worker.messaging.publisher import Publisher
 from worker.messaging.retry import RetryPolicy
 from worker.messaging.settlement import OutcomePublisher
+from worker.messaging.supervisor import Supervisor
 from worker.settings import Settings
 
 # Short waits, so that a test of many retries takes a second, not a minute.
@@ -116,3 +118,36 @@ async def running_consumer(
             yield consumer
         finally:
             await consumer.stop(grace_period=5.0)
+
+
+@dataclass
+class Supervised:
+    supervisor: Supervisor
+    outlet: Outlet
+    running: asyncio.Task[None]  # `Supervisor.run`
+
+
+@asynccontextmanager
+async def running_supervisor(
+    settings: Settings, pipeline: ScriptedPipeline, *, retry: RetryPolicy = FAST_RETRIES
+) -> AsyncIterator[Supervised]:
+    """The supervisor, its two links and a consumer, wired as the composition root wires them
+    (around the scripted pipeline); stopped with a short grace period when the block ends
+    (unless the test stopped it, or it ended by itself: then its outcome is the test's)."""
+    outlet = Outlet()
+
+    def new_consumer() -> Consumer:
+        return Consumer(
+            settings, pipeline, outlet, retry=retry, ready_to_publish=outlet.wait_usable
+        )
+
+    supervisor = Supervisor(settings, Topology(settings.name_prefix), outlet, new_consumer)
+    await supervisor.start()
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop, grace_period=5.0))
+    try:
+        await supervisor.wait_consuming()
+        yield Supervised(supervisor, outlet, running)
+    finally:
+        stop.set()
+        await asyncio.gather(running, return_exceptions=True)

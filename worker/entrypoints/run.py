@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 import structlog
-from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,11 +22,12 @@ from worker.db.engine import create_session_factory, database
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.handlers import handle
 from worker.entrypoints.operator_errors import describe_startup_failure
-from worker.messaging import topology as broker_topology
-from worker.messaging.connection import connect_broker, heartbeat
+from worker.messaging.connection import heartbeat
 from worker.messaging.consumer import Consumer
-from worker.messaging.publisher import Publisher
+from worker.messaging.outlet import Outlet
+from worker.messaging.retry import RetryPolicy
 from worker.messaging.settlement import OutcomePublisher
+from worker.messaging.supervisor import Supervisor
 from worker.observability import health
 from worker.observability.instrumentation import Instrumentation
 from worker.settings import Settings, redact_url
@@ -54,71 +54,79 @@ async def serve(settings: Settings, redact: Callable[[str], str], migrate: bool 
             await migrations.ensure_current(engine)
         except Exception as error:
             raise describe_startup_failure(error, settings, "database") from error
-        try:
-            connection = await connect_broker(settings)
-        except Exception as error:
-            raise describe_startup_failure(error, settings, "broker") from error
-        try:
-            return await _consume(settings, engine, connection, topology, faults, redact)
-        finally:
-            await connection.close()
+        return await _consume(settings, engine, topology, faults, redact)
 
 
 async def _consume(
     settings: Settings,
     engine: AsyncEngine,
-    connection: AbstractRobustConnection,
     topology: Topology,
     faults: FaultPlan,
     redact: Callable[[str], str],
 ) -> int:
-    consume_channel = await connection.channel()
-    if settings.declare_topology:
-        queue = await broker_topology.declare(consume_channel, topology, settings)
-    else:
-        await broker_topology.verify(connection, topology)
-        queue = await broker_topology.worker_queue(consume_channel, topology)
-    events_channel = await connection.channel(publisher_confirms=True)
-    dead_letter_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-    publisher = Publisher(events_channel, dead_letter_channel, topology, settings.publish_timeout)
-    await publisher.start()
-
     sessions = create_session_factory(engine)
     # Decorators at the edge: metrics and traces (`instruments`), then fault injection.
     instruments = Instrumentation()
     unit_of_work = instruments.unit_of_work(lambda: SqlAlchemyUnitOfWork(sessions))
     handler: Handle = handle
-    outcomes: OutcomePublisher = instruments.publisher(publisher)
+    outlet = Outlet()
+    outcomes: OutcomePublisher = instruments.publisher(outlet)
     if faults:
         injection = FaultInjection(faults)
         unit_of_work = injection.unit_of_work(unit_of_work)
         handler = injection.handle(handler)
         outcomes = injection.publisher(outcomes)
     pipeline = instruments.pipeline(Pipeline(unit_of_work, handler))
-    consumer = Consumer(settings, pipeline, outcomes, redact, on_delivery=instruments.delivered)
-    instruments.metrics.track_in_flight(lambda: consumer.in_flight)
+    retry = RetryPolicy.from_settings(settings)  # one outage log across consumers
+
+    def new_consumer() -> Consumer:
+        return Consumer(
+            settings,
+            pipeline,
+            outcomes,
+            redact,
+            retry=retry,
+            on_delivery=instruments.delivered,
+            ready_to_publish=outlet.wait_usable,
+        )
+
+    metrics = instruments.metrics
+    supervisor = Supervisor(
+        settings,
+        topology,
+        outlet,
+        new_consumer,
+        on_block=metrics.blocked,
+        on_reconnect=lambda role: metrics.reconnects.labels(role).inc(),
+        on_not_consuming=metrics.not_consuming.set,
+    )
+    try:
+        await supervisor.start()
+    except Exception as error:
+        await supervisor.close()
+        raise describe_startup_failure(error, settings, "broker") from error
+    metrics.track_in_flight(lambda: supervisor.in_flight)
 
     stop = asyncio.Event()
     readiness = health.ReadinessMonitor(
-        instruments.metrics,
-        broker=lambda: not connection.is_closed,
+        metrics,
+        broker=lambda: supervisor.links_open,
         database=lambda: _database_answers(engine),
-        consuming=lambda: consumer.consuming and not stop.is_set(),
-        dead_letters=lambda: _dead_letter_depth(connection, topology),
+        consuming=lambda: supervisor.consuming and not stop.is_set(),
+        dead_letters=lambda: _dead_letter_depth(supervisor, topology),
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    beating = asyncio.create_task(heartbeat(settings.health_file, connection))
+    beating = asyncio.create_task(heartbeat(settings.health_file, supervisor.liveness))
     frozen = _freeze_startup_heap()
-    await consumer.start(queue, consume_channel)
     # Connected and declared; the careful start runs now, and `worker_ready` follows it.
     log.info("worker_connected", queue=topology.worker_queue)
     try:
         async with health.serving(
-            settings.http_host, settings.http_port, readiness, instruments.metrics
+            settings.http_host, settings.http_port, readiness, metrics, supervisor.liveness
         ):
-            return await _run_until_stopped(settings, topology, consumer, stop, beating, frozen)
+            return await _run_until_stopped(settings, topology, supervisor, stop, beating, frozen)
     finally:
         await instruments.close()
 
@@ -126,35 +134,30 @@ async def _consume(
 async def _run_until_stopped(
     settings: Settings,
     topology: Topology,
-    consumer: Consumer,
+    supervisor: Supervisor,
     stop: asyncio.Event,
     beating: asyncio.Task[None],
     frozen_objects: int,
 ) -> int:
-    stopped = asyncio.create_task(stop.wait())
-    failed = asyncio.create_task(consumer.wait_failed())
+    running = asyncio.create_task(supervisor.run(stop, settings.grace_period))
     # Ready means consuming: after the careful start (a redelivered head is taken alone
     # first), once the broker delivers to this worker, as the readiness probe says too.
-    consuming = asyncio.create_task(consumer.wait_consuming())
-    await asyncio.wait({stopped, failed, consuming}, return_when=asyncio.FIRST_COMPLETED)
-    consuming.cancel()
-    if not (stopped.done() or failed.done()):
+    consuming = asyncio.create_task(supervisor.wait_consuming())
+    await asyncio.wait({running, consuming}, return_when=asyncio.FIRST_COMPLETED)
+    if consuming.done() and not consuming.cancelled() and consuming.exception() is None:
         _log_ready(settings, topology, frozen_objects)
-        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
-    started = time.monotonic()
-    log.info("worker_stopping", grace_period=settings.grace_period)
-    returned = await consumer.stop(settings.grace_period)
-    beating.cancel()
-    for task in (stopped, failed):
-        task.cancel()
-    if settings.health_file is not None:
-        settings.health_file.unlink(missing_ok=True)
-    log.info("worker_stopped", returned=returned, seconds=round(time.monotonic() - started, 2))
-    if failed.done() and not stop.is_set():
-        # The dispatcher ended on its own: a bug. Exit non-zero so that a supervisor restarts
-        # the worker; its unsettled commands were returned above, or are redelivered.
-        cause = None if failed.cancelled() else failed.exception()
-        raise RuntimeError("the dispatcher stopped unexpectedly") from cause
+    consuming.cancel()
+    try:
+        await running
+    finally:
+        beating.cancel()
+        if settings.health_file is not None:
+            settings.health_file.unlink(missing_ok=True)
+        log.info(
+            "worker_stopped",
+            returned=supervisor.returned,
+            seconds=round(time.monotonic() - supervisor.stopping_at, 2),
+        )
     return 0
 
 
@@ -188,8 +191,11 @@ async def _database_answers(engine: AsyncEngine) -> None:
         await connection.execute(text("SELECT 1"))
 
 
-async def _dead_letter_depth(connection: AbstractRobustConnection, topology: Topology) -> int:
+async def _dead_letter_depth(supervisor: Supervisor, topology: Topology) -> int:
+    link = supervisor.consuming_link
+    if link is None or not link.is_open:
+        raise ConnectionError("no consuming connection")
     # A channel of its own: a failed passive declare closes the channel it was made on.
-    async with connection.channel() as channel:
+    async with link.connection.channel() as channel:
         declared = await channel.declare_queue(topology.dead_queue, passive=True)
         return int(declared.declaration_result.message_count or 0)

@@ -1,13 +1,17 @@
-"""The broker connection: robust (reconnects by itself, to the next node when AMQP_URL names
-several: `worker.messaging.failover`), TLS when configured, an AMQP heartbeat and TCP keepalive
-(a silent broker is given up within seconds), a heartbeat file while it is up, and the one
-translation of aiormq's cancellations into broker failures."""
+"""Broker connections: TLS when configured, an AMQP heartbeat and TCP keepalive (a silent broker
+is given up within seconds), the health file, and the one translation of aiormq's cancellations
+into broker failures.
+
+`connect_broker` is a robust connection (it reconnects by itself, to the next node when AMQP_URL
+names several: `worker.messaging.failover`), for the CLI's commands and test clients. The worker
+itself runs on plain links that its supervisor replaces (`worker.messaging.link`, `.supervisor`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,12 +89,14 @@ class _BrokerLink:
         log.info("broker_reconnected")
 
 
-async def heartbeat(health_file: Path | None, connection: AbstractRobustConnection) -> None:
-    """Touch `health_file` while the connection is up (`coupon-worker healthcheck` reads it)."""
+async def heartbeat(health_file: Path | None, liveness: Callable[[], str | None]) -> None:
+    """Touch `health_file` while the worker is alive, as `/healthz` says (`liveness` is None):
+    consuming, or waiting out an outage or an alarm that a restart would not end
+    (`coupon-worker healthcheck` reads its age)."""
     if health_file is None:
         return
     while True:
-        if not connection.is_closed:
+        if liveness() is None:
             await asyncio.to_thread(health_file.touch)
         await asyncio.sleep(HEARTBEAT_INTERVAL)
 

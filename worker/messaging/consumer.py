@@ -16,7 +16,8 @@ bytes to fates), `retry` (the retry policy), `settlement` (exactly one fate per 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -45,6 +46,7 @@ class Consumer:
         redact: Callable[[str], str] = lambda text: text,
         retry: RetryPolicy | None = None,
         on_delivery: DeliveryHook | None = None,
+        ready_to_publish: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._settlement = Settlement(publisher)
         batches = BatchHandler(
@@ -57,6 +59,7 @@ class Consumer:
             batch_size=settings.batch_size,
             concurrency=settings.concurrency,
             on_delivery=on_delivery,
+            ready_to_publish=ready_to_publish,
         )
 
     async def start(self, queue: AbstractQueue, channel: AbstractChannel) -> None:
@@ -71,6 +74,25 @@ class Consumer:
     @property
     def consuming(self) -> bool:
         return self._intake.consuming
+
+    @property
+    def working(self) -> bool:
+        """Consuming, or busy with the careful start's redelivered head."""
+        return self._intake.working
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since the last delivery (or since the start)."""
+        return time.monotonic() - self._intake.last_delivery
+
+    @property
+    def has_room(self) -> bool:
+        """Fewer deliveries held than the prefetch: the broker would deliver more if it could."""
+        return self._settlement.unsettled < self._intake.prefetch
+
+    @property
+    def channel_closed(self) -> bool:
+        return self._channel.is_closed
 
     async def wait_consuming(self) -> None:
         """Returns once the broker delivers to this consumer (after the careful start)."""
@@ -105,6 +127,12 @@ class Consumer:
         await self._close_channel(pause=min(SETTLE_PAUSE, max(0.0, left / 2)))
         return returned
 
+    async def abandon(self) -> None:
+        """Its connection is gone (or about to be closed, to start anew): end its tasks at once.
+        What it held is the broker's again; nothing is sent."""
+        await self._intake.cancel()
+        await self._settlement.return_unsettled()
+
     async def _close_channel(self, pause: float) -> None:
         """Give the acks and requeues just sent time to land, then close the consuming channel.
         A quorum queue applies settlements as low-priority commands, after the consumer-down
@@ -119,6 +147,12 @@ class Consumer:
         except Exception as error:
             log.warning("channel_close_failed", error=repr(error))
 
-    async def wait_failed(self) -> None:
-        """Returns (raising its error) only if the dispatcher died, which is a bug."""
-        await asyncio.shield(self._intake.dispatcher)
+    @property
+    def dispatcher_ended(self) -> bool:
+        """The dispatcher runs until cancelled; ended by itself, it is a bug."""
+        return self._intake.dispatcher.done()
+
+    def raise_dispatcher_failure(self) -> None:
+        dispatcher = self._intake.dispatcher
+        cause = None if dispatcher.cancelled() else dispatcher.exception()
+        raise RuntimeError("the dispatcher stopped unexpectedly") from cause

@@ -9,16 +9,21 @@
   charged a delivery, and healthy commands would reach the delivery limit together with the
   poison. A fresh head (or an empty queue) starts the one consumer, with the full prefetch: in
   the usual case the careful start costs one round trip.
+- No new batch while outcomes cannot be published (`ready_to_publish`, the outlet's
+  `wait_usable`): what is delivered meanwhile waits, held, instead of being committed and then
+  returned to the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aiormq.channel import Channel as Underlay
 
 from worker.messaging.connection import bounded, broker_call
 from worker.messaging.settlement import Settlement
@@ -43,8 +48,12 @@ class Intake:
         batch_size: int,
         concurrency: int,
         on_delivery: DeliveryHook | None = None,
+        ready_to_publish: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._on_delivery = on_delivery
+        self._ready_to_publish = ready_to_publish
+        self.last_delivery = time.monotonic()  # or the start; the supervisor's starvation check
+        self._careful_head = False
         self._settlement = settlement
         self._handle = handle
         self._prefetch = prefetch
@@ -53,6 +62,7 @@ class Intake:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._consumer_tag: str | None = None
+        self._underlay: Underlay | None = None
         self._consumer_registered = asyncio.Event()
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
@@ -70,8 +80,21 @@ class Intake:
 
     @property
     def consuming(self) -> bool:
-        """A consumer is registered on a channel that is open."""
-        return self._consumer_tag is not None and not self._channel.is_closed
+        """A consumer is registered on a channel that is open, and the broker has not cancelled
+        it (it does when the queue is deleted, or its node goes away)."""
+        if self._consumer_tag is None or self._channel.is_closed:
+            return False
+        return self._underlay is None or self._consumer_tag in self._underlay.consumers
+
+    @property
+    def working(self) -> bool:
+        """Consuming, or the careful start is handling a redelivered head (and so is busy on
+        the queue's behalf, one command at a time)."""
+        return self.consuming or (self._careful_head and not self._channel.is_closed)
+
+    @property
+    def prefetch(self) -> int:
+        return self._prefetch
 
     async def wait_consuming(self) -> None:
         """Returns once the careful start is over and the consumer is registered."""
@@ -119,18 +142,27 @@ class Intake:
         while not self._stopping:
             head = await broker_call(self._queue.get(no_ack=False, fail=False))
             if head is not None and head.redelivered and not self._stopping:
-                self._settlement.receive(head)
-                await self._handle([head])
+                self._careful_head = True
+                try:
+                    await self._receive(head)
+                    await self._inbox.get()  # taken alone, here, not by the dispatcher
+                    await self._wait_ready_to_publish()
+                    await self._handle([head])
+                finally:
+                    self._careful_head = False
                 continue
             if head is not None:
                 await self._receive(head)
             if not self._stopping:
                 await broker_call(self._channel.set_qos(prefetch_count=self._prefetch))
                 self._consumer_tag = await broker_call(self._queue.consume(self._receive))
+                underlay = await self._channel.get_underlay_channel()
+                self._underlay = underlay if isinstance(underlay, Underlay) else None
                 self._consumer_registered.set()
             return
 
     async def _receive(self, message: AbstractIncomingMessage) -> None:
+        self.last_delivery = time.monotonic()
         if self._on_delivery is not None:
             self._on_delivery(message)
         self._settlement.receive(message)
@@ -139,6 +171,7 @@ class Intake:
     async def _dispatch(self) -> None:
         while True:
             first = await self._inbox.get()
+            await self._wait_ready_to_publish()
             if first.redelivered:
                 await self._alone(first)
                 continue
@@ -154,6 +187,10 @@ class Intake:
             task.add_done_callback(self._finished)
             for suspect in suspects:
                 await self._alone(suspect)
+
+    async def _wait_ready_to_publish(self) -> None:
+        if self._ready_to_publish is not None:
+            await self._ready_to_publish()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)

@@ -1,12 +1,18 @@
 """Everything the worker sends: outcomes (events exchange and reply_to), dead letters, and
-replies to invalid commands. Every publish waits for the broker's confirm."""
+replies to invalid commands. Every publish waits for the broker's confirm.
+
+One `Publisher` per publishing connection (`worker.messaging.link`); `worker.messaging.outlet`
+keeps the current one and tries a failed publish again on the next. While the broker blocks the
+connection (a resource alarm), the confirm timeout does not run: a blocked broker is not a
+broken one, and the publishes are confirmed once the alarm clears.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
@@ -20,6 +26,19 @@ from worker.app.outcomes import Outcome
 # the time in x-death. `coupon-worker dead-letters` shows and filters by it.
 DEAD_LETTERED_AT_HEADER: Final = "x-dead-lettered-at"
 
+BLOCKED_POLL: Final = 0.25  # seconds between looks at the blocked flag while confirms are due
+
+
+class Blocking(Protocol):
+    """Whether the broker blocks the connection now (`worker.messaging.link.BrokerLink`)."""
+
+    @property
+    def blocked(self) -> bool: ...
+
+
+class _NeverBlocked:
+    blocked = False
+
 
 class Publisher:
     def __init__(
@@ -28,6 +47,7 @@ class Publisher:
         dead_letter_channel: AbstractChannel,
         topology: Topology,
         timeout: float,
+        blocking: Blocking | None = None,
     ) -> None:
         # Dead letters go on their own channel, which raises on an unroutable publish: a dead
         # letter that no queue took must not be acknowledged away.
@@ -35,6 +55,7 @@ class Publisher:
         self._dead_letter_channel = dead_letter_channel
         self._topology = topology
         self._timeout = timeout
+        self._blocking: Blocking = blocking or _NeverBlocked()
         self._events: AbstractExchange | None = None
         self._dead: AbstractExchange | None = None
 
@@ -45,6 +66,10 @@ class Publisher:
         self._dead = await self._dead_letter_channel.get_exchange(
             self._topology.dead_exchange, ensure=False
         )
+
+    @property
+    def channels_open(self) -> bool:
+        return not (self._events_channel.is_closed or self._dead_letter_channel.is_closed)
 
     async def publish_outcomes(
         self, answers: Sequence[tuple[AbstractIncomingMessage, Outcome]]
@@ -138,8 +163,7 @@ class Publisher:
                 continue
         published = asyncio.ensure_future(asyncio.gather(*sends))
         try:
-            async with asyncio.timeout(self._timeout):
-                await asyncio.wait({published, *closing}, return_when=asyncio.FIRST_COMPLETED)
+            await self._until_confirmed(published, closing)
         finally:
             if not published.done():
                 published.cancel()
@@ -149,6 +173,23 @@ class Publisher:
                 raise ChannelLost("the channel closed before the broker confirmed")
             raise TimeoutError(f"no confirm from the broker within {self._timeout}s")
         published.result()
+
+    async def _until_confirmed(
+        self, published: asyncio.Future[Any], closing: Sequence[asyncio.Future[Any]]
+    ) -> None:
+        """Until every confirm came, a channel closed, or `timeout` seconds passed during which
+        the broker did not block the connection (a block lasts as long as the alarm)."""
+        loop = asyncio.get_running_loop()
+        left = self._timeout
+        waits = {published, *closing}
+        while left > 0:
+            started = loop.time()
+            step = BLOCKED_POLL if self._blocking.blocked else min(left, BLOCKED_POLL * 4)
+            done, _ = await asyncio.wait(waits, timeout=step, return_when=asyncio.FIRST_COMPLETED)
+            if done:
+                return
+            if not self._blocking.blocked:
+                left -= loop.time() - started
 
 
 class ChannelLost(ConnectionError):

@@ -169,8 +169,9 @@ class Settlement:
         try:
             await broker_call(self._publisher.publish_outcomes(answers))
         except Exception as error:
-            # Committed but not confirmed: return the commands; their redelivery is answered
-            # from the stored outcomes, with the same event message ids.
+            # Committed but not confirmed (the outlet has tried again on every new connection
+            # while the commands were held): return them; their redelivery is answered from
+            # the stored outcomes, with the same event message ids.
             log.warning("publish_failed", count=len(deliveries), error=repr(error))
             await self._requeue_all(deliveries)
             return
@@ -190,6 +191,8 @@ class Settlement:
                 self._publisher.dead_letter(delivery.message, error, detail, reply_error)
             )
         except Exception as failure:
+            # Refused by the broker (the outlet tries a lost connection again by itself): do
+            # not spin on it.
             log.error("dead_letter_failed", **delivery.context, error=repr(failure))
             await asyncio.sleep(DEAD_LETTER_RETRY_PAUSE)
             await self.requeue(delivery)
@@ -213,6 +216,11 @@ class Settlement:
             self._forget(delivery.message)
 
     async def requeue(self, delivery: Delivery) -> None:
+        if delivery.channel_closed:
+            # Its channel is gone: the broker has put it back already, a nack could not be sent
+            # (and would only be logged as lost, once for each of a whole prefetch).
+            self.returned_by_broker(delivery)
+            return
         delivery._decide(Fate.REQUEUED)
         self.requeued += 1
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection, ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue, ExchangeType
 from aiormq.exceptions import ChannelClosed
 
 from contracts.names import Topology
@@ -106,7 +106,7 @@ def _is_v1_queue(error: ChannelClosed, topology: Topology) -> bool:
     )
 
 
-async def verify(connection: AbstractRobustConnection, topology: Topology) -> None:
+async def verify(connection: AbstractConnection, topology: Topology) -> None:
     """Passively check every name; a failed passive declare closes its channel, so each check
     gets its own."""
     checks: list[tuple[str, str]] = [

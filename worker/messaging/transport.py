@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aio_pika import RobustConnection
+from aio_pika import Connection, RobustConnection
 from aio_pika.abc import ConnectionParameter
 from aiormq.connection import (
     TCPTransportFactory,
@@ -41,17 +41,34 @@ class KeepaliveTransportFactory(TransportFactory):
         return reader, writer
 
 
+KEEPALIVE_PARAMETER = ConnectionParameter(name="tcp_keepalive", parser=parse_int, default="0")
+
+
+def _keepalive_transport(kwargs: dict[str, Any]) -> None:
+    """Swap the `tcp_keepalive` parameter for a transport factory that applies it."""
+    keepalive = TcpKeepalive(kwargs.pop("tcp_keepalive"))
+    if keepalive.idle > 0:
+        kwargs["transport_factory"] = KeepaliveTransportFactory(keepalive)
+
+
 class KeepaliveRobustConnection(RobustConnection):
     """`aio_pika.connect_robust(..., connection_class=KeepaliveRobustConnection,
-    tcp_keepalive=idle_seconds)`; 0 (the default) leaves the sockets as aiormq opens them."""
+    tcp_keepalive=idle_seconds)`; 0 (the default) leaves the sockets as aiormq opens them. For
+    the CLI's short-lived connections and test clients; the worker's own are plain
+    (`KeepaliveConnection`, `worker.messaging.link`)."""
 
-    PARAMETERS = (
-        *RobustConnection.PARAMETERS,
-        ConnectionParameter(name="tcp_keepalive", parser=parse_int, default="0"),
-    )
+    PARAMETERS = (*RobustConnection.PARAMETERS, KEEPALIVE_PARAMETER)
 
     def __init__(self, url: URL, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any):
         super().__init__(url, loop, **kwargs)
-        keepalive = TcpKeepalive(self.kwargs.pop("tcp_keepalive"))
-        if keepalive.idle > 0:
-            self.kwargs["transport_factory"] = KeepaliveTransportFactory(keepalive)
+        _keepalive_transport(self.kwargs)
+
+
+class KeepaliveConnection(Connection):
+    """A plain connection (no reconnect of its own) whose sockets carry TCP keepalive."""
+
+    PARAMETERS = (*Connection.PARAMETERS, KEEPALIVE_PARAMETER)
+
+    def __init__(self, url: URL, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any):
+        super().__init__(url, loop, **kwargs)
+        _keepalive_transport(self.kwargs)

@@ -6,8 +6,10 @@ when the loop does not. `/healthz` asks the loop to run a no-op and waits for it
 loop is reported as unhealthy with a 503 instead of as a probe timeout, and `/metrics` keeps
 answering meanwhile. No web framework: three fixed paths need none.
 
-- `/healthz`: 200 while the process is alive and its event loop runs callbacks within
-  `LOOP_DEADLINE` seconds. A PostgreSQL or RabbitMQ outage does not make it fail: the worker
+- `/healthz`: 200 while the process is alive, its event loop runs callbacks within
+  `LOOP_DEADLINE` seconds, and it has not been unable to consume for `WORKER_STUCK_LIMIT`
+  seconds while the broker was usable (`Supervisor.liveness`; the worker exits then too). A
+  PostgreSQL or RabbitMQ outage, or a broker's resource alarm, does not make it fail: the worker
   rides those out by itself, and restarting it would not help.
 - `/readyz`: 200 while the broker connection is open, PostgreSQL answers `SELECT 1`, and the
   worker consumes its queue; 503 with the failing checks otherwise. The checks run on the loop
@@ -125,10 +127,22 @@ class _QuietHandler(WSGIRequestHandler):
         """Probes every few seconds are not worth a log line each."""
 
 
+Liveness = Callable[[], str | None]  # None while alive, else why not
+
+
+def _always_alive() -> str | None:
+    return None
+
+
 class HealthServer:
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, monitor: ReadinessMonitor, metrics: Metrics
+        self,
+        loop: asyncio.AbstractEventLoop,
+        monitor: ReadinessMonitor,
+        metrics: Metrics,
+        liveness: Liveness = _always_alive,
     ) -> None:
+        self._liveness = liveness
         self._loop = loop
         self._monitor = monitor
         self._metrics_app = make_wsgi_app(metrics.registry)
@@ -156,8 +170,12 @@ class HealthServer:
         if path == "/metrics":
             return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
-            alive = self._loop_responds()
-            return _json(start_response, alive, {"status": "ok" if alive else "loop_blocked"})
+            if not self._loop_responds():
+                return _json(start_response, False, {"status": "loop_blocked"})
+            stuck = self._liveness()
+            if stuck is not None:
+                return _json(start_response, False, {"status": "not_consuming", "detail": stuck})
+            return _json(start_response, True, {"status": "ok"})
         if path == "/readyz":
             readiness = self._monitor.readiness
             status = "ready" if readiness.ready else "not_ready"
@@ -204,14 +222,18 @@ def _json(start_response: StartResponse, ok: bool, body: dict[str, Any]) -> list
 
 @contextlib.asynccontextmanager
 async def serving(
-    host: str, port: int | None, monitor: ReadinessMonitor, metrics: Metrics
+    host: str,
+    port: int | None,
+    monitor: ReadinessMonitor,
+    metrics: Metrics,
+    liveness: Liveness = _always_alive,
 ) -> AsyncIterator[int | None]:
     """Run the readiness checks, and the HTTP server when a port is set; yields its port."""
     checks = asyncio.create_task(monitor.run(), name="readiness")
     server: HealthServer | None = None
     try:
         if port is not None:
-            server = HealthServer(asyncio.get_running_loop(), monitor, metrics)
+            server = HealthServer(asyncio.get_running_loop(), monitor, metrics, liveness)
             try:
                 port = await asyncio.to_thread(server.start, host, port)
             except OSError as error:

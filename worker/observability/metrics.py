@@ -104,6 +104,30 @@ class Metrics:
         self.consuming = Gauge(
             "coupon_worker_consuming", "1 while the worker consumes its queue", registry=registry
         )
+        self.broker_blocked = Gauge(
+            "coupon_worker_broker_blocked",
+            "1 while the broker blocks the publishing connection (a memory or disk alarm): the "
+            "worker holds its batches and takes no new ones until the alarm clears",
+            registry=registry,
+        )
+        self.broker_blocks = Counter(
+            "coupon_worker_broker_blocks",
+            "Times the broker blocked the publishing connection",
+            registry=registry,
+        )
+        self.reconnects = Counter(
+            "coupon_worker_broker_reconnects",
+            "Broker connections opened anew after one was lost or given up, by role (consume, "
+            "publish)",
+            ["role"],
+            registry=registry,
+        )
+        self.not_consuming = Gauge(
+            "coupon_worker_not_consuming_seconds",
+            "Seconds the worker has been unable to consume while the broker accepts connections "
+            "(0 while it consumes); at WORKER_STUCK_LIMIT /healthz fails and the worker exits",
+            registry=registry,
+        )
         self.dead_letter_queue = Gauge(
             "coupon_worker_dead_letter_queue_messages",
             "Letters waiting in coupon.worker.dead (sampled by each worker)",
@@ -126,6 +150,12 @@ class Metrics:
         """The consumer's hook, once per delivery."""
         if message.redelivered:
             self.redeliveries.inc()
+
+    def blocked(self, blocked: bool) -> None:
+        """A publishing link's observer: blocked or unblocked by the broker."""
+        self.broker_blocked.set(blocked)
+        if blocked:
+            self.broker_blocks.inc()
 
     def track_in_flight(self, read: Callable[[], int]) -> None:
         self.in_flight.set_function(lambda: float(read()))
