@@ -66,3 +66,36 @@ async def test_a_blocked_loop_is_unhealthy_and_metrics_still_answer() -> None:
         assert seen == {"healthz": 503, "metrics": 200}
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_worker_unable_to_consume_past_its_limit_is_not_alive() -> None:
+    metrics = Metrics()
+    stuck: list[str] = []
+    monitor = ReadinessMonitor(
+        metrics,
+        broker=lambda: True,
+        database=_answers,
+        consuming=lambda: False,
+        dead_letters=_depth,
+    )
+    server = HealthServer(
+        asyncio.get_running_loop(), monitor, metrics, liveness=lambda: stuck[0] if stuck else None
+    )
+    port = await asyncio.to_thread(server.start, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        assert await asyncio.to_thread(_status, url) == 200  # not consuming, within the limit
+        stuck.append("unable to consume for 31s (no consumer registered)")
+
+        def body() -> tuple[int, str]:
+            try:
+                urllib.request.urlopen(url, timeout=10)
+            except urllib.error.HTTPError as error:
+                return int(error.code), error.read().decode()
+            return 200, ""
+
+        status, text = await asyncio.to_thread(body)
+        assert status == 503
+        assert '"status": "not_consuming"' in text and "no consumer registered" in text
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -27,7 +27,7 @@ from worker.messaging.consumer import Consumer
 from worker.messaging.outlet import Outlet
 from worker.messaging.retry import RetryPolicy
 from worker.messaging.settlement import OutcomePublisher
-from worker.messaging.supervisor import Supervisor
+from worker.messaging.supervisor import Supervisor, WorkerStuck
 from worker.observability import health
 from worker.observability.instrumentation import Instrumentation
 from worker.settings import Settings, redact_url
@@ -35,6 +35,8 @@ from worker.testing.faults import FaultPlan
 from worker.testing.injection import FaultInjection
 
 log = structlog.stdlib.get_logger("worker")
+
+EXIT_STUCK = 1  # unable to consume for WORKER_STUCK_LIMIT (README, "Never stuck")
 
 
 async def serve(settings: Settings, redact: Callable[[str], str], migrate: bool = False) -> int:
@@ -149,6 +151,10 @@ async def _run_until_stopped(
     consuming.cancel()
     try:
         await running
+    except WorkerStuck:
+        # Logged (`worker_stuck`, with the reason) and its commands returned: exit non-zero,
+        # without a traceback, for the process's supervisor to start it again.
+        return EXIT_STUCK
     finally:
         beating.cancel()
         if settings.health_file is not None:
