@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -143,10 +145,25 @@ class Workers:
         return sum(len(worker.events(name)) for worker in self.started)
 
     def output(self) -> str:
-        return "\n".join(
-            f"--- {worker.name} (exit {worker.returncode}):\n{worker.output[-4000:]}"
-            for worker in self.started
-        )
+        """Per worker: how often it logged each event, its first warnings and errors (where a
+        stuck worker's story starts), and the end of its log."""
+        parts = []
+        for worker in self.started:
+            records = worker.records
+            counts = Counter(str(record.get("event")) for record in records)
+            alarming = [
+                json.dumps(record)[:600]
+                for record in records
+                if record.get("level") in ("warning", "error", "critical")
+            ]
+            parts.append(
+                f"--- {worker.name} (exit {worker.returncode}), events: "
+                + ", ".join(f"{event}:{count}" for event, count in counts.most_common())
+                + "\nfirst warnings and errors:\n"
+                + "\n".join(alarming[:8])
+                + f"\nlast lines:\n{worker.output[-2500:]}"
+            )
+        return "\n".join(parts)
 
 
 async def outcomes_until_done(
