@@ -502,9 +502,27 @@ def restore_all() -> list[str]:
             subprocess.run(["rabbitmq-server", "-detached"], timeout=COMMAND_TIMEOUT)
         elif service != "rabbitmq":
             subprocess.run(argv, timeout=COMMAND_TIMEOUT)
+        if service.endswith("-alarm"):
+            _alarm_cleared_sync()
         _owed.pop(service, None)
         done.append(" ".join(argv))
     return done
+
+
+def _alarm_cleared_sync(within: float = ALARM_TIMEOUT) -> None:
+    """Poll until the broker lists no resource alarm (the next session must not start in one);
+    gives up quietly after `within`: this runs at teardown and exit, where raising helps no one."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            ["rabbitmqctl", "eval", "rabbit_alarm:get_alarms()."],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+        ).stdout
+        if "resource_limit" not in listed:
+            return
+        time.sleep(0.2)
 
 
 atexit.register(restore_all)
