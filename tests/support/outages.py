@@ -1,13 +1,15 @@
-"""Service control for the fault tests: stop RabbitMQ's app or PostgreSQL, close connections.
+"""Service control for the fault tests: stop RabbitMQ's app or PostgreSQL, close connections,
+raise RabbitMQ's resource alarms.
 
 Only for a broker and a database installed on this machine (`rabbitmqctl`, `pg_ctlcluster`,
 URLs pointing at localhost); anywhere else the test fails with a clear message, never skips.
 
 Every outage is undone in a `finally`, and the service is then checked to answer again (a real
-AMQP connection, a `SELECT 1`) within a bounded wait. CI and other sessions share these
-services, so a service must never be left down: besides the `finally`, `restore_all()` (which
-the disruptive test modules call from a fixture's teardown, and which runs `atexit`) restarts
-anything a cancelled or timed-out test left stopped.
+AMQP connection, a `SELECT 1`, a confirmed publish after an alarm) within a bounded wait. CI and
+other sessions share these services, so a service must never be left down or in alarm: besides
+the `finally`, `restore_all()` (which the disruptive test modules call from a fixture's
+teardown, and which runs `atexit`) restarts anything a cancelled or timed-out test left stopped
+and puts back a watermark or disk limit it left lowered.
 
 Callers are marked `disruptive`: `tests/conftest.py` then holds the machine's service lock
 exclusively for them, so no other test (of this run or of another on this machine) is running.
@@ -20,14 +22,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
+import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aio_pika
+import psutil
 import pytest
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -38,8 +43,13 @@ from tests.support.service_lock import require_exclusive
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 COMMAND_TIMEOUT = 90.0
 ANSWER_TIMEOUT = 90.0
+# An alarm is raised by a setting that every node check trips at once (the memory monitor and
+# the disk monitor both re-check when their limit is set: about a second here, CLI start
+# included); the bound is for a loaded machine, not a slow monitor.
+ALARM_TIMEOUT = 60.0
 
-# Restarts still owed by an outage in progress, so that `restore_all` can settle them.
+# Restarts (and settings put back) still owed by an outage in progress, so that `restore_all`
+# can settle them.
 _owed: dict[str, list[str]] = {}
 
 
@@ -153,6 +163,274 @@ async def close_broker_connections(amqp_url: str, reason: str = "test") -> Outag
     return outage
 
 
+# --- RabbitMQ resource alarms ----------------------------------------------------------------
+
+# Settings no machine can meet: the memory alarm trips above a millionth of the RAM, the disk alarm
+# when less than 100,000 GB are free.
+MEMORY_ALARM_WATERMARK = "0.000001"
+DISK_ALARM_LIMIT = "100000GB"
+
+
+@dataclass
+class Alarm:
+    """What one resource alarm did, for the test's figures; times are time.monotonic()."""
+
+    resource: str  # "memory" or "disk"
+    restore_to: list[str]  # the rabbitmqctl arguments that put the broker's setting back
+    raised_at: float = 0.0  # when the alarm's setting was issued
+    in_effect_at: float = 0.0  # when the broker listed the alarm
+    restored_at: float = 0.0  # when the saved setting was issued again
+    cleared_at: float = 0.0  # when the broker's alarm list was first seen empty again
+    publishing_at: float = 0.0  # when a fresh connection's publish was confirmed after that
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def took_effect_seconds(self) -> float:
+        return round(self.in_effect_at - self.raised_at, 1)
+
+    @property
+    def held_seconds(self) -> float:
+        """From the alarm in effect to the broker's alarm list empty again."""
+        return round(self.cleared_at - self.in_effect_at, 1)
+
+    @property
+    def clear_seconds(self) -> float:
+        """From the saved setting issued again to the alarm list empty."""
+        return round(self.cleared_at - self.restored_at, 1)
+
+
+async def _rabbit_eval(expression: str) -> str:
+    return await _run("rabbitmqctl", "eval", expression)
+
+
+def _memory_setting(printed: str) -> list[str]:
+    """`set_vm_memory_high_watermark` arguments that restore what
+    `vm_memory_monitor:get_vm_memory_high_watermark()` printed: a fraction (`0.4`, `1.0e-6`) or
+    `{absolute,Bytes}` (bytes as a number, or as the string it was configured with)."""
+    text_value = printed.strip()
+    absolute = re.fullmatch(r'\{absolute,\s*"?([0-9A-Za-z.]+)"?\}', text_value)
+    if absolute:
+        return ["set_vm_memory_high_watermark", "absolute", absolute.group(1)]
+    try:
+        fraction = float(text_value)
+    except ValueError:
+        raise AssertionError(
+            f"unexpected memory high watermark from the broker: {printed!r}"
+        ) from None
+    return ["set_vm_memory_high_watermark", repr(fraction)]
+
+
+def _disk_setting(printed: str) -> list[str]:
+    """`set_disk_free_limit` arguments that restore what
+    `rabbit_disk_monitor:get_disk_free_limit()` printed: the limit in bytes (a relative limit
+    is reported already worked out into bytes, and restored as those bytes)."""
+    text_value = printed.strip()
+    if not re.fullmatch(r"[0-9]+", text_value):
+        raise AssertionError(
+            f"unexpected disk free limit from the broker: {printed!r} (is the disk monitor "
+            "running on this platform?)"
+        )
+    return ["set_disk_free_limit", text_value]
+
+
+async def _alarms_listed() -> str:
+    """The broker's resource alarms, as `rabbit_alarm:get_alarms()` prints them (`[]` if none),
+    e.g. `[{{resource_limit,disk,rabbit@localhost},[]}]`."""
+    return await _rabbit_eval("rabbit_alarm:get_alarms().")
+
+
+async def _wait_alarms(resource: str, *, present: bool, within: float = ALARM_TIMEOUT) -> str:
+    """Poll the alarm list until the `resource` alarm is listed (`present`) or no resource
+    alarm at all is; returns the last listing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        listed = await _alarms_listed()
+        done = (
+            f"resource_limit,{resource}," in listed if present else "resource_limit" not in listed
+        )
+        if done:
+            return listed
+        if loop.time() > deadline:
+            state = "not in effect" if present else "still listed"
+            raise AssertionError(f"the {resource} alarm is {state} after {within}s: {listed}")
+        await asyncio.sleep(0.1)
+
+
+async def broker_accepts_publishes(amqp_url: str, within: float = ANSWER_TIMEOUT) -> float:
+    """Wait until a publish on a fresh connection is confirmed (no alarm blocks it any more);
+    returns the seconds it took. The message goes to the default exchange under a routing key
+    no queue has: the broker confirms it and drops it, leaving nothing behind."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    last: BaseException | None = None
+    while loop.time() - started < within:
+        try:
+            connection = await aio_pika.connect(
+                amqp_url, timeout=5, client_properties={"connection_name": "fault-test probe"}
+            )
+            try:
+                channel = await connection.channel(publisher_confirms=True)
+                async with asyncio.timeout(5):
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(b"alarm cleared?"), routing_key="fault-test-nowhere"
+                    )
+                return loop.time() - started
+            finally:
+                await connection.close()
+        except Exception as error:
+            last = error
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"RabbitMQ does not confirm a publish after {within}s: {last!r}")
+
+
+@contextlib.asynccontextmanager
+async def _resource_alarm(
+    amqp_url: str, resource: str, read: str, parse: Callable[[str], list[str]], raise_: list[str]
+) -> AsyncIterator[Alarm]:
+    _require_local(amqp_url, "rabbitmqctl", f"a RabbitMQ {resource} alarm")
+    require_exclusive(f"raising a RabbitMQ {resource} alarm")
+    listed = await _alarms_listed()
+    if "resource_limit" in listed:
+        pytest.fail(f"RabbitMQ is in alarm already, before the test raised one: {listed}")
+    alarm = Alarm(resource, parse(await _rabbit_eval(read)))
+    _owed[f"rabbitmq-{resource}-alarm"] = ["rabbitmqctl", *alarm.restore_to]
+    try:
+        alarm.raised_at = time.monotonic()
+        alarm.log.append(await _run("rabbitmqctl", *raise_))
+        alarm.log.append(await _wait_alarms(resource, present=True))
+        alarm.in_effect_at = time.monotonic()
+        yield alarm
+    finally:
+        alarm.restored_at = time.monotonic()
+        alarm.log.append(await _run("rabbitmqctl", *alarm.restore_to))
+        await _wait_alarms(resource, present=False)
+        alarm.cleared_at = time.monotonic()
+        await broker_accepts_publishes(amqp_url)
+        alarm.publishing_at = time.monotonic()
+        _owed.pop(f"rabbitmq-{resource}-alarm", None)
+
+
+def memory_alarm(amqp_url: str) -> contextlib.AbstractAsyncContextManager[Alarm]:
+    """A RabbitMQ memory alarm for the body of the `with` (the high watermark lowered to almost
+    nothing); the watermark the broker had is put back after it, always, and the broker is
+    seen out of alarm and confirming a publish again before the `with` ends.
+
+    The body starts once the broker lists the alarm: from then on it blocks every connection
+    that publishes (each is told `connection.blocked`), and reads nothing more from it until
+    the alarm clears."""
+    return _resource_alarm(
+        amqp_url,
+        "memory",
+        "vm_memory_monitor:get_vm_memory_high_watermark().",
+        _memory_setting,
+        ["set_vm_memory_high_watermark", MEMORY_ALARM_WATERMARK],
+    )
+
+
+def disk_alarm(amqp_url: str) -> contextlib.AbstractAsyncContextManager[Alarm]:
+    """A RabbitMQ disk alarm for the body of the `with` (a free-disk limit of 100,000 GB); the
+    limit the broker had is put back after it, always, as `memory_alarm` does its watermark.
+
+    The disk monitor re-checks when its limit is set, so the alarm is usually listed about a
+    second later; the body waits until it is, whatever the monitor's interval."""
+    return _resource_alarm(
+        amqp_url,
+        "disk",
+        "rabbit_disk_monitor:get_disk_free_limit().",
+        _disk_setting,
+        ["set_disk_free_limit", DISK_ALARM_LIMIT],
+    )
+
+
+# --- one client connection --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientConnection:
+    """One client connection as `rabbitmqctl list_connections` shows it."""
+
+    pid: str  # the connection process, as close_connection takes it: <rabbit@host.1.2.0>
+    peer_port: int  # the client's local port
+    name: str  # its client-provided `connection_name` ("" without one)
+
+
+async def client_connections() -> list[ClientConnection]:
+    """Every client connection of the local node, with its client-provided name."""
+    table = await _run(
+        "rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "peer_port"
+    )
+    pids = {}
+    for row in table.splitlines():
+        columns = row.split()
+        if len(columns) == 2 and columns[1].isdigit():
+            pids[int(columns[1])] = columns[0]
+    listed = await _run(
+        "rabbitmqctl",
+        "list_connections",
+        "-q",
+        "--formatter",
+        "json",
+        "peer_port",
+        "client_properties",
+    )
+    found = []
+    for entry in json.loads(listed or "[]"):
+        name = ""
+        for key, _type, value in entry.get("client_properties") or []:
+            if key == "connection_name":
+                name = str(value)
+        port = int(entry["peer_port"])
+        if port in pids:  # else it closed between the two listings
+            found.append(ClientConnection(pids[port], port, name))
+    return found
+
+
+def _local_ports(process_id: int) -> set[int]:
+    """The local TCP ports of a process's connections (the peer ports the broker sees)."""
+    return {
+        connection.laddr.port
+        for connection in psutil.Process(process_id).net_connections(kind="tcp")
+        if connection.raddr
+    }
+
+
+async def close_client_connection(
+    amqp_url: str,
+    names: tuple[str, ...],
+    *,
+    owner: int | None = None,
+    reason: str = "closed by a fault test",
+) -> ClientConnection:
+    """`rabbitmqctl close_connection` on the one client connection named by the first of
+    `names` that the broker lists (the broker stays up, every other connection stays open).
+
+    `owner`, a process id, narrows the choice to that process's connections (several workers,
+    of other test runs too, share a name): closing a connection of the test's own worker
+    disturbs nobody else, so only a close without an `owner` needs the exclusive service lock.
+    Fails, listing what is there, if no connection has any of the names, or if more than one
+    has the first name found."""
+    _require_local(amqp_url, "rabbitmqctl", "RabbitMQ connections")
+    if owner is None:
+        require_exclusive("closing a RabbitMQ connection of any process")
+    connections = await client_connections()
+    if owner is not None:
+        ports = _local_ports(owner)
+        connections = [c for c in connections if c.peer_port in ports]
+    for name in names:
+        named = [c for c in connections if c.name == name]
+        if len(named) > 1:
+            raise AssertionError(f"{len(named)} connections are named {name!r}: {named}")
+        if named:
+            await _run("rabbitmqctl", "close_connection", named[0].pid, reason)
+            return named[0]
+    whose = f" of process {owner}" if owner is not None else ""
+    raise AssertionError(
+        f"no connection{whose} is named any of {list(names)}; the broker lists "
+        f"{[c.name for c in connections]}"
+    )
+
+
 # --- PostgreSQL -------------------------------------------------------------------------------
 
 
@@ -213,7 +491,8 @@ async def postgres_stopped(database_url: str) -> AsyncIterator[Outage]:
 
 
 def restore_all() -> list[str]:
-    """Synchronously restart whatever an interrupted outage left stopped; returns what it did.
+    """Synchronously restart whatever an interrupted outage left stopped, and put back a
+    watermark or disk limit an interrupted alarm left lowered; returns what it did.
 
     For fixture teardowns and `atexit`: it works even when the event loop that ran the outage
     was torn down by a timeout."""
@@ -223,9 +502,27 @@ def restore_all() -> list[str]:
             subprocess.run(["rabbitmq-server", "-detached"], timeout=COMMAND_TIMEOUT)
         elif service != "rabbitmq":
             subprocess.run(argv, timeout=COMMAND_TIMEOUT)
+        if service.endswith("-alarm"):
+            _alarm_cleared_sync()
         _owed.pop(service, None)
         done.append(" ".join(argv))
     return done
+
+
+def _alarm_cleared_sync(within: float = ALARM_TIMEOUT) -> None:
+    """Poll until the broker lists no resource alarm (the next session must not start in one);
+    gives up quietly after `within`: this runs at teardown and exit, where raising helps no one."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            ["rabbitmqctl", "eval", "rabbit_alarm:get_alarms()."],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+        ).stdout
+        if "resource_limit" not in listed:
+            return
+        time.sleep(0.2)
 
 
 atexit.register(restore_all)

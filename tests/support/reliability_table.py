@@ -233,6 +233,47 @@ def _cluster(f: Figures) -> str:
     )
 
 
+def _alarms(f: Figures) -> str:
+    def one(resource: str) -> str:
+        short, long = f"{resource} alarm 10 s", f"{resource} alarm 90 s"
+
+        def both(key: str) -> str:
+            return f"{f(short, key)} / {f(long, key)}"
+
+        return (
+            f"{resource}: held {both('alarm_held_seconds')} s (in effect "
+            f"{both('alarm_took_effect_seconds')} s after it was set) over "
+            f"{both('commands')} commands, queued while the worker was frozen "
+            f"{both('freeze_seconds')} s; all answered {both('last_outcome_seconds_after_clear')} "
+            f"s after the clear, {both('distinct_outcomes')} outcomes, **{both('lost')} lost, "
+            f"{both('doubled')} doubled, {both('dead_lettered')} dead-lettered, "
+            f"{both('wrong_outcomes')} wrong**; worker exits {both('worker_exits')}, restarts "
+            f"{both('restarts')}, consumers after the clear {both('consumers_after_clear')}, "
+            f"`/healthz` after it {both('healthz_after_clear')}; `broker_blocked` / "
+            f"`broker_unblocked` logged {f(short, 'broker_blocked_logs')}/"
+            f"{f(short, 'broker_unblocked_logs')} and {f(long, 'broker_blocked_logs')}/"
+            f"{f(long, 'broker_unblocked_logs')}"
+        )
+
+    return f"each pair: held 10 s / 90 s. {one('memory')}. {one('disk')}"
+
+
+def _closed(f: Figures) -> str:
+    def one(role: str, kind: str) -> str:
+        c = f"closed {role} connection"
+        name = f(c, "connection_closed", plain=True).replace("_", " ")  # stated without spaces
+        return (
+            f"{kind} connection (`{name}`) closed: resumed "
+            f"{f(c, 'resumed_seconds_after_close')} s after, same process (reconnects: "
+            f"{f(c, 'worker_reconnects')}, starts: "
+            f"{f(c, 'worker_ready_logs')}), {f(c, 'distinct_outcomes')}/{f(c, 'commands')} "
+            f"outcomes, **{f(c, 'lost')} lost, {f(c, 'doubled')} doubled, "
+            f"{f(c, 'dead_lettered')} dead-lettered, {f(c, 'wrong_outcomes')} wrong**"
+        )
+
+    return f"{one('consume', 'consuming')}; {one('publish', 'publishing')}"
+
+
 ROWS: list[tuple[str, str, Callable[[Figures], str], str]] = [
     (
         "Crash anywhere",
@@ -310,6 +351,22 @@ ROWS: list[tuple[str, str, Callable[[Figures], str], str]] = [
         "promoted (`scripts/pg-standby`), synchronous and asynchronous",
         _cluster,
         "tests/faults/test_cluster.py",
+    ),
+    (
+        "Resource alarms",
+        "a RabbitMQ memory alarm, then a disk alarm (`rabbitmqctl set_vm_memory_high_watermark`, "
+        "`set_disk_free_limit`), each held 10 s and 90 s, met by ~6,000 mixed commands "
+        "(creates, redeems of shared coupons and of unknown codes, duplicate `message_id`s) "
+        "queued while the worker was frozen; every outcome due within 15 s of the clear",
+        _alarms,
+        "tests/faults/test_resource_alarms.py",
+    ),
+    (
+        "Connections closed under the worker",
+        "`rabbitmqctl close_connection` on the worker's consuming connection, then on its "
+        "publishing one, under a steady flow",
+        _closed,
+        "tests/faults/test_resource_alarms.py",
     ),
 ]
 
