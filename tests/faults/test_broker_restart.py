@@ -28,6 +28,7 @@ from tests.support.outages import (
     rabbitmq_app_stopped,
     restore_all,
 )
+from tests.support.resumption import resume_and_settle
 from tests.support.services import Services
 
 pytestmark = [
@@ -86,19 +87,9 @@ async def run_through(
     assert ledger.received() > 1, "the flow did not get going"
 
     outage = await disruption()
-    try:
-        resumed = await flow.first_outcome_after(outage.answering_at, within=RESUME_LIMIT)
-    except AssertionError as error:
-        queue = broker.topology.worker_queue
-        raise AssertionError(
-            f"{error}\nqueue depth {await broker.depth(queue)}, consumers "
-            f"{await broker.consumers(queue)}, events received {ledger.received()}, "
-            f"worker running {worker.running()}; worker output:\n{worker.output[-6000:]}"
-        ) from error
-    await asyncio.sleep(2)  # and flowing again for a while
-    await flow.stop()
-    settled = await ledger.wait_outcomes(within=60)
-    await ledger.wait_settled(within=30)
+    resumed, settled = await resume_and_settle(
+        flow, outage.answering_at, RESUME_LIMIT, broker, worker
+    )
 
     assert worker.running(), "the worker process exited:\n" + worker.output[-3000:]
     assert len(worker.events("worker_ready")) == 1

@@ -55,6 +55,7 @@ from tests.support.outages import (
     memory_alarm,
     restore_all,
 )
+from tests.support.resumption import resume_and_settle
 from tests.support.services import Services
 from tests.support.worker_process import WorkerProcess
 
@@ -361,19 +362,7 @@ async def test_a_connection_closed_under_the_busy_worker_the_same_process_answer
         services.amqp_url, CONNECTION_NAMES[role], owner=worker.pid
     )
     closed_at = time.monotonic()
-    try:
-        resumed = await flow.first_outcome_after(closed_at, within=RESUME_LIMIT + 20)
-    except AssertionError as error:
-        queue = broker.topology.worker_queue
-        raise AssertionError(
-            f"{error}\nqueue depth {await broker.depth(queue)}, consumers "
-            f"{await broker.consumers(queue)}, worker running {worker.running()}; worker "
-            f"output:\n{worker.output[-6000:]}"
-        ) from error
-    await asyncio.sleep(2)  # and flowing again for a while
-    await flow.stop()
-    settled = await ledger.wait_outcomes(within=60)
-    await ledger.wait_settled(within=30)
+    resumed, settled = await resume_and_settle(flow, closed_at, RESUME_LIMIT + 20, broker, worker)
 
     assert worker.running(), "the worker process exited:\n" + worker.output[-3000:]
     ready_logs = len(worker.events("worker_ready"))
