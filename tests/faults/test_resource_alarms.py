@@ -46,7 +46,7 @@ from contracts import CreateCoupon, RedeemCoupon
 from contracts.commands import Command
 from tests.conftest import StartWorker
 from tests.support.broker import Broker
-from tests.support.http_probe import get, http_port
+from tests.support.http_probe import get, http_port, scrape
 from tests.support.ledger import Ledger, SteadyFlow
 from tests.support.outages import (
     Alarm,
@@ -191,6 +191,11 @@ async def outcomes_until_done(
     return first, last
 
 
+async def blocked_gauge(port: int) -> int:
+    """`coupon_worker_broker_blocked` as the worker's /metrics says it."""
+    return int((await scrape(port)).get(("coupon_worker_broker_blocked", ()), -1))
+
+
 async def stop(worker: WorkerProcess) -> int:
     """SIGTERM, then SIGKILL if it does not end within a minute (a stuck worker); its code."""
     try:
@@ -240,6 +245,7 @@ async def hold_alarm_then_clear(
             )
             await asyncio.sleep(max(hold - (time.monotonic() - alarm.in_effect_at), 0))
             healthz_in_alarm = (await get(workers.port, "/healthz"))[0]
+            blocked_gauge_in_alarm = await blocked_gauge(workers.port)
             outcomes_in_alarm = ledger.received() - received_before
             running_in_alarm = worker.running()
     finally:
@@ -249,6 +255,7 @@ async def hold_alarm_then_clear(
     first, last = await outcomes_until_done(ledger, workers, CATCH_UP_WAIT)
     missing = len(ledger.missing_outcomes())
     healthz_after = (await get(workers.port, "/healthz"))[0] if workers.current.running() else 0
+    blocked_gauge_after = await blocked_gauge(workers.port) if workers.current.running() else -1
     consumers = await broker.consumers(broker.topology.worker_queue)
     if not missing:
         await ledger.wait_quiet()
@@ -271,6 +278,8 @@ async def hold_alarm_then_clear(
         last_outcome_seconds_after_clear=last_after_clear,
         healthz_in_alarm=healthz_in_alarm,
         healthz_after_clear=healthz_after,
+        blocked_gauge_in_alarm=blocked_gauge_in_alarm,
+        blocked_gauge_after_clear=blocked_gauge_after,
         consumers_after_clear=consumers,
         worker_running_in_alarm=running_in_alarm,
         worker_exits=len(workers.exit_codes),
@@ -299,6 +308,8 @@ async def hold_alarm_then_clear(
         assert report.commands == COMMANDS + len(SHARED_CODES)
         assert consumers == 1, f"{consumers} consumers on the worker queue after the clear"
         assert healthz_after == 200, f"/healthz answered {healthz_after} after the clear"
+        assert healthz_in_alarm == 200, "an alarm is not a reason to restart the worker"
+        assert (blocked_gauge_in_alarm, blocked_gauge_after) == (1, 0)
         # The same process throughout: the alarm blocked it, nothing broke it.
         assert not workers.exit_codes, f"the worker exited: {workers.exit_codes}"
         assert exit_code == 0
