@@ -30,12 +30,15 @@ from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
+from worker.messaging.connection import bounded, broker_call
 from worker.messaging.transport import KeepaliveConnection
 from worker.settings import redact_url
 
 log = structlog.stdlib.get_logger("worker.link")
 
 BlockObserver = Callable[[bool], None]
+
+CLOSE_TIMEOUT = 5.0
 
 
 class BrokerLink:
@@ -74,7 +77,9 @@ class BrokerLink:
     async def close(self) -> None:
         self.lost.set()
         try:
-            await asyncio.wait_for(self.connection.close(), timeout=5)
+            # aiormq cancels the futures of a connection it gave up on: such a CancelledError
+            # is a broker failure (`broker_call`), not a cancellation of the caller.
+            await broker_call(bounded(self.connection.close(), CLOSE_TIMEOUT))
         except Exception as error:  # gone already, or the broker does not answer: nothing held
             log.debug("link_close_failed", role=self.role, error=repr(error))
 
@@ -159,7 +164,7 @@ async def open_link(
             **kwargs,
         )
         try:
-            await connection.connect(timeout=attempt_timeout)
+            await broker_call(connection.connect(timeout=attempt_timeout))
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as error:
             last = error
             await _quietly(connection.close())
@@ -174,7 +179,7 @@ async def open_link(
 
 async def _quietly(call: Awaitable[object]) -> None:
     try:
-        await call
+        await broker_call(call)
     except Exception as error:
         log.debug("close_failed", error=repr(error))
 

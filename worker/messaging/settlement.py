@@ -35,6 +35,9 @@ from worker.app.outcomes import Outcome
 from worker.messaging.connection import broker_call
 
 log = structlog.stdlib.get_logger("worker.consumer")
+# The standard library's logger of the same name decides the level (worker/logs.py); asked
+# directly, it answers whether or not structlog is configured (in-process tests do not).
+_levels = logging.getLogger("worker.consumer")
 
 DEAD_LETTER_RETRY_PAUSE = 1.0  # do not spin on a broker that refuses dead letters
 
@@ -177,7 +180,7 @@ class Settlement:
             return
         await self._ack_all(deliveries)
         log.info("batch_answered", count=len(deliveries))
-        if log.isEnabledFor(logging.DEBUG):
+        if _levels.isEnabledFor(logging.DEBUG):
             for delivery, outcome in zip(deliveries, outcomes, strict=True):
                 log.debug("command_processed", **delivery.context, outcome=outcome.routing_key)
 

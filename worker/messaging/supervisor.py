@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from contracts.names import Topology
 from worker.messaging import topology as broker_topology
-from worker.messaging.connection import bounded, ssl_context
+from worker.messaging.connection import bounded, broker_call, ssl_context
 from worker.messaging.consumer import Consumer
 from worker.messaging.link import BlockObserver, BrokerLink, first_of, open_link
 from worker.messaging.outlet import Outlet
@@ -166,7 +166,8 @@ class Supervisor:
         await asyncio.wait(
             {stopped, consuming, publishing, watch}, return_when=asyncio.FIRST_COMPLETED
         )
-        failure = next((t.exception() for t in (watch, consuming, publishing) if _failed(t)), None)
+        keepers = (watch, consuming, publishing)
+        failure = next((_ending(task) for task in keepers if task.done()), None)
         self._stopping = True
         self.stopping_at = time.monotonic()
         reason = "signal" if failure is None else repr(failure)
@@ -178,7 +179,7 @@ class Supervisor:
         if side is not None and side.link.is_open:
             self.returned = await side.consumer.stop(grace_period)
         elif side is not None:
-            await side.consumer.abandon()
+            await broker_call(side.consumer.abandon())
         publishing.cancel()
         await asyncio.gather(publishing, return_exceptions=True)
         await self.close()
@@ -241,7 +242,7 @@ class Supervisor:
                 await asyncio.sleep(RECONNECT_PAUSE)
             attempt += 1
             try:
-                opened = await opener()
+                opened = await broker_call(opener())
             except Exception as error:
                 log.warning(
                     "broker_reconnect_failed", role=role, attempt=attempt, error=repr(error)
@@ -364,17 +365,24 @@ class Supervisor:
             return self._ready_messages
         self._depth_checked_at = now
         try:
-            async with side.link.connection.channel() as channel:
-                declared = await bounded(
-                    channel.declare_queue(self._topology.worker_queue, passive=True),
-                    DEPTH_CHECK_TIMEOUT,
-                )
+            passive = self._declare_passively(side)
+            declared = await broker_call(bounded(passive, DEPTH_CHECK_TIMEOUT))
             self._ready_messages = int(declared.declaration_result.message_count or 0)
         except Exception as error:
             log.debug("queue_depth_unknown", error=repr(error))
             self._ready_messages = 0
         return self._ready_messages
 
+    async def _declare_passively(self, side: _ConsumingSide) -> AbstractQueue:
+        # A channel of its own: a failed passive declare closes the channel it was made on.
+        async with side.link.connection.channel() as channel:
+            return await channel.declare_queue(self._topology.worker_queue, passive=True)
 
-def _failed(task: asyncio.Task[None]) -> bool:
-    return task.done() and not task.cancelled() and task.exception() is not None
+
+def _ending(task: asyncio.Task[None]) -> BaseException:
+    """What ended a task that runs until cancelled: its error, or one that says how it ended
+    (returned, or cancelled by something other than a stop: both bugs)."""
+    if task.cancelled():
+        return RuntimeError(f"{task.get_name()} was cancelled unexpectedly")
+    error = task.exception()
+    return error if error is not None else RuntimeError(f"{task.get_name()} ended unexpectedly")
