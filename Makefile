@@ -3,40 +3,43 @@ SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS ?= never
 export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
-UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+# uv on PATH, `python3 -m uv`, or installed into .tools/ on first use (scripts/uv; PEP 668 safe).
+UV := scripts/uv
 PYTEST_ARGS ?=
 
-.PHONY: setup services run test test-fast test-cluster lint bench bench-quick bench-table reliability
+.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table reliability
 setup:
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
-		|| python3 -m pip install --quiet uv
 	$(UV) sync --frozen --all-extras
 
 services:
 	scripts/ensure-services
+
+# The local services, or else testcontainers where a Docker engine answers (tests/support/services.py).
+test-services: setup
+	scripts/ensure-services --or-docker
 
 # Set up, bring the schema up to date, and consume commands until Ctrl-C.
 run: setup services
 	$(UV) run coupon-worker run --migrate
 
 # Set up and run every test (unit, integration, end to end, faults) against the local services.
-test: setup services
+test: setup test-services
 	$(UV) run pytest $(PYTEST_ARGS)
 
 # Everything but the fault suite.
-test-fast: setup services
+test-fast: setup test-services
 	$(UV) run pytest -m "not faults" $(PYTEST_ARGS)
 
 # The cluster fault tests alone: three extra RabbitMQ nodes and a PostgreSQL standby on loopback
 # (scripts/rabbit-cluster, scripts/pg-standby), brought up and torn down by the tests; ~6 min.
 # `make test` runs them too; run as root (the nodes run as the rabbitmq and postgres users).
-test-cluster: setup services
+test-cluster: setup test-services
 	$(UV) run pytest -m cluster $(PYTEST_ARGS)
 
 # The fault suite, its figures kept in tests/results/reliability.json, and the README's
 # Reliability table rendered from them. A disruptive test waits for the machine's service lock;
 # that wait does not count against its timeout (timeout_func_only in pyproject.toml).
-reliability: setup services
+reliability: setup test-services
 	RELIABILITY_RESULTS=tests/results/reliability.json $(UV) run pytest -m faults $(PYTEST_ARGS)
 	$(UV) run python -m tests.support.reliability_table --write README.md
 

@@ -69,7 +69,8 @@ def services() -> Iterator[Services]:
         with provide_services() as found:
             yield found
     except ServicesUnavailable as error:
-        pytest.fail(str(error), pytrace=False)
+        # One message for the run, not one per test: without services none of them can run.
+        pytest.exit(str(error), returncode=pytest.ExitCode.TESTS_FAILED)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -74,7 +74,31 @@ def configure_logging(
     # the worker logs the facts that matter itself.
     for noisy in ("aiormq", "aio_pika", "sqlalchemy", "asyncio", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    transport = logging.getLogger("aiormq.connection")
+    for old in [f for f in transport.filters if isinstance(f, RaisedErrorsAtDebug)]:
+        transport.removeFilter(old)
+    transport.addFilter(RaisedErrorsAtDebug(debug=logging.getLevelName(level) <= logging.DEBUG))
     return scrubber
+
+
+class RaisedErrorsAtDebug(logging.Filter):
+    """aiormq logs a failed connection attempt at ERROR ("error when creating transport") and
+    then raises the same error to its caller, which says it once, in its own words: the CLI's
+    one-line `cannot reach RabbitMQ at ...`, the worker's `broker_connection_lost`. Logged
+    twice, the raw line came first and read like a second, different fault; it is kept at DEBUG,
+    shown only when WORKER_LOG_LEVEL=DEBUG."""
+
+    RAISED: Final = frozenset({"error when creating transport: %r"})
+
+    def __init__(self, *, debug: bool) -> None:
+        super().__init__()
+        self._debug = debug
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in self.RAISED:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self._debug
 
 
 @contextmanager

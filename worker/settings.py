@@ -48,62 +48,139 @@ class Settings(BaseSettings):
     amqp_url: SecretStr = Field(
         default=SecretStr("amqp://guest:guest@localhost:5672/"),
         validation_alias="AMQP_URL",
+        description="RabbitMQ, amqp:// or amqps:// (TLS); several nodes of a cluster as "
+        "comma-separated URLs, tried in turn. Its password is never logged.",
     )
     database_url: SecretStr = Field(
         default=SecretStr("postgresql+asyncpg://postgres@localhost:5432/postgres"),
         validation_alias="DATABASE_URL",
+        description="PostgreSQL, postgresql+asyncpg://; several hosts as "
+        "@h1:5432,h2:5433/db?target_session_attrs=read-write. Its password is never logged.",
     )
     amqp_ca_file: Path | None = Field(
         default=None, description="CA bundle to verify the broker's certificate with amqps://"
     )
-    amqp_client_cert: Path | None = None
-    amqp_client_key: Path | None = None
+    amqp_client_cert: Path | None = Field(
+        default=None, description="client certificate (PEM) for brokers that require mutual TLS"
+    )
+    amqp_client_key: Path | None = Field(
+        default=None,
+        description="the client certificate's private key, if it is not in the certificate file",
+    )
 
-    name_prefix: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")] = ""
-    declare_topology: bool = True
-    queue_type: QueueType = QueueType.QUORUM
-    delivery_limit: Annotated[int, Field(ge=1, le=1000)] = 20
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+    name_prefix: Annotated[
+        str,
+        Field(
+            max_length=64,
+            pattern=r"^[A-Za-z0-9_.-]*$",
+            description="prefix on every exchange and queue name (up to 64 of A-Z a-z 0-9 _ . -); "
+            "replicas of one service use the same one",
+        ),
+    ] = ""
+    declare_topology: bool = Field(
+        default=True,
+        description="declare exchanges, queues and bindings at start-up; false: only check "
+        "passively that they exist (least privilege)",
+    )
+    queue_type: QueueType = Field(
+        default=QueueType.QUORUM,
+        description="quorum or classic, for coupon.worker and coupon.worker.dead",
+    )
+    delivery_limit: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=20,
+        description="x-delivery-limit of the quorum queue (1-1000): after that many deliveries "
+        "the broker dead-letters a command",
+    )
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=5,
+        description="attempts (1-1000) of a command that fails unexpectedly, alone, before it "
+        "is dead-lettered as ProcessingFailed",
+    )
     # True when an operator's policy gives a queue declared under contract v1 at-least-once
     # dead-lettering (queue arguments cannot change); see README, "Dead letters".
-    dead_lettering_by_policy: bool = False
+    dead_lettering_by_policy: bool = Field(
+        default=False,
+        description="true when a broker policy gives a coupon.worker declared under contract "
+        "v1 at-least-once dead-lettering (README, Dead letters)",
+    )
 
     # The four defaults below come from the benchmark: README, "How the defaults were chosen".
-    prefetch: Annotated[int, Field(ge=1, le=10_000)] = 500
-    batch_size: Annotated[int, Field(ge=1, le=1000)] = 250
-    concurrency: Annotated[int, Field(ge=1, le=64)] = 2
-    db_pool_size: Annotated[int, Field(ge=1, le=100)] = 3
-    publish_timeout: Annotated[float, Field(gt=0, le=300)] = 30.0
+    prefetch: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=500, description="unacknowledged deliveries per worker (1-10000)"
+    )
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=250, description="most commands handled in one transaction (1-1000)"
+    )
+    concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=2, description="batches in flight at once (1-64)"
+    )
+    db_pool_size: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=3, description="PostgreSQL connections per worker process (1-100, no overflow)"
+    )
+    publish_timeout: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=30.0,
+        description="seconds (up to 300) to wait for the broker to confirm an outcome or a "
+        "dead letter; on timeout the command returns to the queue",
+    )
 
     # Silent peers (a partition, a dropped conntrack entry, a frozen VM close no socket): how
     # soon a connection that went quiet is given up. README "Configuration" says what each
     # trades; `worker/keepalive.py` and `worker/db/engine.py` apply them.
-    # AMQP heartbeat timeout, s (0: off); unset: AMQP_URL's `heartbeat`, else DEFAULT_HEARTBEAT
-    amqp_heartbeat: Annotated[int, Field(ge=0, le=600)] | None = None
-    amqp_connect_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0  # TCP + AMQP handshake
-    db_connect_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0  # TCP + startup + auth
-    db_statement_timeout: Annotated[float, Field(gt=0, le=600)] = 5.0  # asyncpg command_timeout
-    tcp_keepalive: Annotated[int, Field(ge=0, le=7200)] = 10  # idle s before probing; 0: off
-    grace_period: Annotated[float, Field(gt=0, le=3600)] = 25.0
+    amqp_heartbeat: Annotated[int, Field(ge=0, le=600)] | None = Field(
+        default=None,
+        description=f"AMQP heartbeat timeout, s (0-600; 0: off); unset: AMQP_URL's heartbeat= "
+        f"query, else {DEFAULT_HEARTBEAT}",
+    )
+    amqp_connect_timeout: Annotated[float, Field(gt=0, le=120)] = Field(
+        default=5.0, description="seconds (up to 120) for TCP, TLS and the AMQP handshake"
+    )
+    db_connect_timeout: Annotated[float, Field(gt=0, le=120)] = Field(
+        default=5.0, description="seconds (up to 120) for TCP, TLS and PostgreSQL authentication"
+    )
+    db_statement_timeout: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=5.0, description="seconds (up to 600) any one statement may take"
+    )
+    tcp_keepalive: Annotated[int, Field(ge=0, le=7200)] = Field(
+        default=10, description="idle seconds before TCP keepalive probes start (0: off)"
+    )
+    grace_period: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=25.0,
+        description="seconds (up to 3600) a stop (SIGTERM, SIGINT) waits for commands in flight",
+    )
     # Seconds the worker may be unable to consume while the broker accepts connections (and
     # does not block it) before /healthz fails and it exits non-zero for its supervisor to
     # restart it; it starts anew from scratch at a third of this. worker/messaging/supervisor.py
-    stuck_limit: Annotated[float, Field(ge=6, le=3600)] = 30.0
-    retry_max_backoff: Annotated[float, Field(gt=0, le=60)] = 5.0
+    stuck_limit: Annotated[float, Field(ge=6, le=3600)] = Field(
+        default=30.0,
+        description="seconds (6-3600) the worker may be unable to consume while the broker "
+        "accepts it, before /healthz fails and it exits non-zero",
+    )
+    retry_max_backoff: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=5.0,
+        description="most seconds (up to 60) between retries while PostgreSQL is unreachable",
+    )
     uvloop: bool = Field(default=True, description="uvloop's event loop, where it exists (Linux)")
 
-    log_format: LogFormat = LogFormat.AUTO
-    log_level: str = "INFO"
+    log_format: LogFormat = Field(
+        default=LogFormat.AUTO,
+        description="auto (JSON lines off a terminal, readable on one), json or console",
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     health_file: Path | None = Field(
         default=None, description="touched every few seconds while the worker consumes"
     )
-    # /healthz, /readyz and /metrics; unset: no HTTP server; 0: any free port (logged).
-    http_port: Annotated[int | None, Field(ge=0, le=65535)] = None
-    http_host: str = "127.0.0.1"
+    http_port: Annotated[int | None, Field(ge=0, le=65535)] = Field(
+        default=None,
+        description="port of /healthz, /readyz and /metrics; unset: no HTTP server; 0: any "
+        "free port (logged)",
+    )
+    http_host: str = Field(default="127.0.0.1", description="address the HTTP port listens on")
 
     # Fault injection for the fault-test suite (worker/testing/faults.py), wired only by the
     # composition root (worker/entrypoints/run.py). Never set in production.
-    fault_plan: str = ""
+    fault_plan: str = Field(
+        default="", description="fault injection for the fault-test suite; never in production"
+    )
 
     @field_validator("amqp_url")
     @classmethod

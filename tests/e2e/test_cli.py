@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from importlib.metadata import version
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import RedeemCoupon
+from contracts.names import CONTRACT_VERSION
 from tests.conftest import StartWorker
 from tests.e2e.observe import coupons, flush
 from tests.support.broker import Broker
 from tests.support.cli import Finished, finish, run_cli, start_cli
 from tests.support.services import Services
+from worker.entrypoints.environment import variable_name
+from worker.settings import Settings
 
 EVENTS_LIMIT = 3
 
@@ -107,3 +111,28 @@ async def test_schema_prints_the_contract_as_json_schema(cli_env: dict[str, str]
     create = schema["$defs"]["CreateCoupon"]
     assert create["additionalProperties"] is False
     assert set(create["required"]) == {"code", "init_count"}
+
+
+async def test_version_names_the_package_and_the_contract() -> None:
+    printed = await run_cli("--version")
+    assert printed.returncode == 0, printed
+    assert printed.stdout.strip() == (
+        f"coupon-worker {version('coupon-worker')} (wire contract v{CONTRACT_VERSION})"
+    )
+
+
+async def test_run_help_lists_the_environment_it_reads() -> None:
+    printed = await run_cli("run", "--help")
+    assert printed.returncode == 0, printed
+    for field in Settings.model_fields:
+        assert f"\n  {variable_name(field)}  (default: " in printed.stdout, field
+    assert "  WORKER_PREFETCH  (default: 500)" in printed.stdout
+
+
+async def test_an_invalid_variable_is_named_as_it_is_set() -> None:
+    printed = await run_cli("run", WORKER_PREFETCH="many")
+    assert printed.returncode == 2, printed
+    assert printed.stderr.splitlines() == [
+        "coupon-worker: invalid configuration:",
+        "  WORKER_PREFETCH: Input should be a valid integer, unable to parse string as an integer",
+    ]

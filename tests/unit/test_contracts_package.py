@@ -61,8 +61,27 @@ def test_contracts_import_time_lists_no_worker_dependency() -> None:
     assert not {m for m in imported if m.split(".")[0] in FORBIDDEN}
 
 
+def test_python_m_contracts_explains_itself() -> None:
+    helped = run_python("-m", "contracts", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("usage: python -m contracts")
+    assert "schema" in helped.stdout and "asyncapi" in helped.stdout
+    bare = run_python("-m", "contracts")  # no document chosen: the usage, not a page of JSON
+    assert (bare.returncode, bare.stdout) == (2, "")
+    assert "required: DOCUMENT" in bare.stderr
+    versioned = run_python("-m", "contracts", "--version")
+    assert versioned.stdout.strip() == f"wire contract v{names.CONTRACT_VERSION}"
+
+
+def test_python_m_contracts_asyncapi_is_the_committed_document() -> None:
+    result = run_python("-m", "contracts", "asyncapi")
+    assert result.returncode == 0, result.stderr
+    committed = Path(__file__).parents[2] / "docs" / "asyncapi.json"
+    assert result.stdout == committed.read_text()
+
+
 def test_python_m_contracts_prints_the_schema_of_every_command_and_event() -> None:
-    result = run_python("-m", "contracts")
+    result = run_python("-m", "contracts", "schema")
     assert result.returncode == 0, result.stderr
     schema: dict[str, Any] = json.loads(result.stdout)
     definitions: dict[str, Any] = schema["$defs"]

@@ -13,7 +13,7 @@ from sqlalchemy import exc as sa_exc
 
 from worker.app.failures import DependencyUnavailable
 from worker.db.transience import transient_kind
-from worker.entrypoints import cli
+from worker.entrypoints.environment import describe_settings_error
 from worker.keepalive import TcpKeepalive
 from worker.messaging.retry import batch_deadline
 from worker.settings import Settings, url_heartbeat
@@ -73,7 +73,7 @@ def test_two_different_heartbeats_are_refused(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("WORKER_AMQP_HEARTBEAT", "4")
     with pytest.raises(ValidationError) as raised:
         Settings()
-    message = cli._settings_error(raised.value)  # what the operator sees
+    message = describe_settings_error(raised.value)  # what the operator sees
     assert "WORKER_AMQP_HEARTBEAT=4 disagrees with heartbeat=60" in message
     assert "secret" not in message
 
@@ -83,7 +83,7 @@ def test_a_bad_heartbeat_in_the_url_is_refused(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("AMQP_URL", f"amqp://u:secret@mq:5672/?{query}")
     with pytest.raises(ValidationError) as raised:
         Settings()
-    message = cli._settings_error(raised.value)
+    message = describe_settings_error(raised.value)
     assert "AMQP_URL: " in message and "heartbeat" in message and "secret" not in message
 
 

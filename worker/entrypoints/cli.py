@@ -13,12 +13,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
 import structlog
 from pydantic import ValidationError
 
 from worker.app.failures import OperatorError
+from worker.entrypoints.environment import describe_settings_error, describe_variables
 from worker.logs import SecretScrubber, configure_logging
 from worker.settings import Settings, secrets_of
 
@@ -35,11 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coupon-worker",
         description="Coupon worker: consumes coupon commands from RabbitMQ, keeps coupons in "
-        "PostgreSQL. Configured by environment variables (see README).",
+        "PostgreSQL. Configured by environment variables: `coupon-worker run --help` lists "
+        "them, with their defaults.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=_version(), help="print the versions and exit"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="consume commands until SIGTERM/SIGINT")
+    run = commands.add_parser(
+        "run",
+        help="consume commands until SIGTERM/SIGINT",
+        description="Consume commands until SIGTERM/SIGINT.\n\nEvery coupon-worker command reads "
+        "the variables below; an invalid value stops it\nwith one line per variable, before it "
+        "connects anywhere.",
+        epilog=describe_variables(),
+        formatter_class=raw,
+    )
     run.add_argument(
         "--migrate", action="store_true", help="upgrade the schema first (under an advisory lock)"
     )
@@ -55,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub = kinds.add_parser(
             kind, help=f"send coupon.{kind}", epilog=PUBLISH_EXIT_STATUS, formatter_class=raw
         )
-        sub.add_argument("--code", required=True)
+        sub.add_argument("--code", required=True, help="the coupon's code")
         if kind == "create":
-            sub.add_argument("--init-count", type=int, required=True)
+            sub.add_argument(
+                "--init-count", type=int, required=True, help="redemptions the coupon allows"
+            )
         sub.add_argument("--message-id", help="idempotency key (default: a new UUID)")
         sub.add_argument(
             "--wait",
@@ -98,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_recording_parsers(commands)
 
     health = commands.add_parser("healthcheck", help="exit 0 if the worker's health file is fresh")
-    health.add_argument("--max-age", type=float, default=30.0)
+    health.add_argument(
+        "--max-age",
+        type=float,
+        default=30.0,
+        help="seconds since WORKER_HEALTH_FILE was last touched that still count as healthy "
+        "(default 30)",
+    )
     health.add_argument(
         "--http",
         choices=("/healthz", "/readyz"),
@@ -122,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = Settings()
     except ValidationError as error:
-        _fail(_settings_error(error))
+        _fail(describe_settings_error(error))
     scrubber = configure_logging(settings.log_format, settings.log_level, secrets_of(settings))
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(settings)) as runner:
@@ -252,12 +274,14 @@ def _healthcheck(settings: Settings, max_age: float, http_path: str | None) -> i
     return 0
 
 
-def _settings_error(error: ValidationError) -> str:
-    lines = ["invalid configuration:"]
-    for item in error.errors(include_input=False, include_url=False):
-        field = ".".join(str(part) for part in item["loc"])
-        lines.append(f"  {field.upper()}: {item['msg']}")
-    return "\n".join(lines)
+def _version() -> str:
+    from contracts.names import CONTRACT_VERSION
+
+    try:
+        installed = version("coupon-worker")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        installed = "unknown"
+    return f"coupon-worker {installed} (wire contract v{CONTRACT_VERSION})"
 
 
 def _fail(message: str) -> NoReturn:

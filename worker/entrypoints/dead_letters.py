@@ -53,7 +53,7 @@ def add_parser(commands: Any) -> None:
     actions = dead.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="one line per letter")
     show = actions.add_parser("show", help="one letter with its body and every property")
-    show.add_argument("message_id")
+    show.add_argument("message_id", help="the letter's message id (as `list` prints it)")
     redrive = actions.add_parser("redrive", help="send letters back to coupon.commands")
     redrive.add_argument("--dry-run", action="store_true", help="say what would be re-driven")
     redrive.add_argument(
