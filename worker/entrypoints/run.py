@@ -80,7 +80,8 @@ async def _consume(
         handler = injection.handle(handler)
         outcomes = injection.publisher(outcomes)
     pipeline = instruments.pipeline(Pipeline(unit_of_work, handler))
-    retry = RetryPolicy.from_settings(settings)  # one outage log across consumers
+    # One outage log across consumers; every try again counted by reason.
+    retry = RetryPolicy.from_settings(settings, on_retry=instruments.metrics.retried)
 
     def new_consumer() -> Consumer:
         return Consumer(
