@@ -19,6 +19,7 @@ import asyncio
 import functools
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -57,8 +58,9 @@ def _inject() -> Callable[[dict[str, Any]], None] | None:
 
 
 def to_amqp(message: CommandMessage) -> aio_pika.Message:
-    """The AMQP message; with OpenTelemetry installed, headers carry the current trace
-    (W3C traceparent) on to the worker, its spans and its outcome."""
+    """The AMQP message, stamped with the time it is sent (the `timestamp` property, whole
+    seconds: the worker's command latency starts there); with OpenTelemetry installed, headers
+    carry the current trace (W3C traceparent) on to the worker, its spans and its outcome."""
     headers = dict(message.headers)
     inject = _inject()
     if inject is not None:
@@ -71,6 +73,7 @@ def to_amqp(message: CommandMessage) -> aio_pika.Message:
         content_type=message.content_type,
         type=message.type,
         delivery_mode=aio_pika.DeliveryMode(message.delivery_mode),
+        timestamp=datetime.now(UTC),
         headers=headers or None,
     )
 

@@ -32,6 +32,22 @@ class SecretScrubber:
         return text
 
 
+def add_trace_context(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """`trace_id` and `span_id` (hex, as trace back ends show them) on a line written inside a
+    span, so that a log line can be joined to its trace. OpenTelemetry is an optional extra
+    that is imported only when tracing is on: until then (`opentelemetry.trace` not loaded)
+    this costs one dictionary look-up a line and adds nothing."""
+    if "opentelemetry.trace" not in sys.modules:
+        return event
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
+
+
 def configure_logging(
     log_format: LogFormat,
     level: str,
@@ -49,6 +65,7 @@ def configure_logging(
     scrubber = SecretScrubber(secrets, renderer)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -1,6 +1,8 @@
 """A command sent with a W3C `traceparent` yields spans of that trace (receive, the batch's unit
-of work, publishing its outcome), and its event carries the trace on. The worker runs in this
-process (`serve`), its tracer provider swapped for one with an in-memory exporter."""
+of work and its statements, publishing its outcome), named, kinded and described as the
+OpenTelemetry messaging conventions say for RabbitMQ, and its event carries the trace on. The
+worker runs in this process (`serve`), its tracer provider swapped for one with an in-memory
+exporter."""
 
 from __future__ import annotations
 
@@ -16,16 +18,24 @@ from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import CreateCoupon
+from contracts import CreateCoupon, RedeemCoupon
 from contracts.client import to_amqp
 from contracts.messages import command_message
 from tests.support.broker import Broker
 from worker.entrypoints.run import serve
 from worker.observability import tracing
 from worker.settings import Settings
+
+POISON = "fault-poison-traced"  # its handler always raises: tried twice, then dead-lettered
+MESSAGING = {"messaging.system": "rabbitmq"}
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    return {"fault_plan": f"handle:raise:{POISON}", "max_attempts": 2}
 
 
 @pytest.fixture
@@ -92,7 +102,8 @@ async def test_a_traced_command_yields_spans_of_its_trace_and_an_event_carrying_
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    wanted = {"coupon.worker process", "coupon.worker publish outcome"}
+    queue, exchange = broker.topology.worker_queue, broker.topology.events_exchange
+    wanted = {f"process {queue}", f"send {exchange}"}
     while not wanted <= {
         s.name for s in _of_trace(exporter.get_finished_spans(), int(trace_id, 16))
     }:
@@ -106,14 +117,96 @@ async def test_a_traced_command_yields_spans_of_its_trace_and_an_event_carrying_
     assert sent.kind is SpanKind.PRODUCER  # the client's publish of the command
     assert sent.context is not None
     by_name = {s.name: s for s in spans}
-    process = by_name["coupon.worker process"]
+    process = by_name[f"process {queue}"]
     assert process.parent is not None and process.parent.span_id == sent.context.span_id
-    publish = by_name["coupon.worker publish outcome"]
+    assert process.kind is SpanKind.CONSUMER
+    assert dict(process.attributes or {}) == {
+        **MESSAGING,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": queue,
+        "messaging.rabbitmq.destination.routing_key": "coupon.create",
+        "messaging.message.id": message.message_id,
+    }
+    assert process.status.status_code is not StatusCode.ERROR
+    publish = by_name[f"send {exchange}"]
     assert publish.parent is not None and publish.parent.span_id == sent.context.span_id
-    assert publish.context is not None
+    assert publish.kind is SpanKind.PRODUCER
+    assert dict(publish.attributes or {}) == {
+        **MESSAGING,
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": exchange,
+        "messaging.rabbitmq.destination.routing_key": "coupon.created",
+        "messaging.message.id": str(event.message_id),
+        "messaging.message.conversation_id": message.message_id,
+    }
+    assert publish.context is not None and process.context is not None
+    # The statements of the batch's unit of work, from the SQLAlchemy instrumentation.
+    statements = [s for s in spans if s.parent and s.parent.span_id == process.context.span_id]
+    assert statements and all(s.kind is SpanKind.CLIENT for s in statements), statements
+    assert all((s.attributes or {}).get("db.system") == "postgresql" for s in statements)
+    written = [str((s.attributes or {}).get("db.statement", "")) for s in statements]
+    assert any(text.startswith("INSERT INTO coupon") for text in written), written
     producer = [s for s in spans if s.parent and s.parent.span_id == publish.context.span_id]
     assert producer and all(s.kind is SpanKind.PRODUCER for s in producer)
     # The event's traceparent is the worker's publish span: consumers continue from there.
     assert carried.split("-")[2] in {
         format(s.context.span_id, "016x") for s in producer if s.context
     }
+
+
+async def _spans_of(
+    exporter: InMemorySpanExporter, trace_id: int, name: str, count: int
+) -> list[ReadableSpan]:
+    """The trace's spans, once `count` of them are called `name` (within 10 s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        spans = _of_trace(exporter.get_finished_spans(), trace_id)
+        if len([s for s in spans if s.name == name]) >= count:
+            return spans
+        assert loop.time() < deadline, [s.name for s in exporter.get_finished_spans()]
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(120)
+async def test_failed_attempts_and_dead_letters_say_their_error_type(
+    broker: Broker, exporter: InMemorySpanExporter, worker_in_process: asyncio.Task[int]
+) -> None:
+    """A command whose handler always fails: each attempt's process span says why in
+    `error.type`, and its dead letter is a send to the dead-letter exchange, failed with the
+    `x-error`; so is an invalid command's. No span carries the old `coupon.error`."""
+    trace_id = secrets.randbits(128) or 1
+    caller = SpanContext(trace_id, secrets.randbits(64) or 1, True, TraceFlags(1))
+    with trace.use_span(NonRecordingSpan(caller)):
+        poison = await broker.send(RedeemCoupon(code=POISON))
+        invalid = await broker.send_raw("coupon.redeem", b"{not json")
+    dead_exchange = broker.topology.dead_exchange
+    spans = await _spans_of(exporter, trace_id, f"send {dead_exchange}", count=2)
+
+    attempts = [s for s in spans if s.name == f"process {broker.topology.worker_queue}"]
+    assert len(attempts) == 2, [s.name for s in spans]  # max_attempts
+    for attempt in attempts:
+        assert attempt.kind is SpanKind.CONSUMER
+        assert attempt.status.status_code is StatusCode.ERROR
+        assert (attempt.attributes or {})["error.type"] == "worker.testing.faults.InjectedFault"
+        assert (attempt.attributes or {})["messaging.message.id"] == poison
+    letters = {
+        str((s.attributes or {})["messaging.message.id"]): s
+        for s in spans
+        if s.name == f"send {dead_exchange}"
+    }
+    assert set(letters) == {poison, invalid}
+    for letter in letters.values():
+        assert letter.kind is SpanKind.PRODUCER
+        assert letter.status.status_code is StatusCode.ERROR
+        attributes = dict(letter.attributes or {})
+        assert attributes["messaging.destination.name"] == dead_exchange
+        assert attributes["messaging.rabbitmq.destination.routing_key"] == "coupon.redeem"
+        assert attributes["messaging.operation.type"] == "send"
+    assert (letters[poison].attributes or {})["error.type"] == "ProcessingFailed"
+    assert (letters[invalid].attributes or {})["error.type"] == "InvalidJson"
+    assert not [
+        s.name for s in exporter.get_finished_spans() if "coupon.error" in (s.attributes or {})
+    ]

@@ -106,3 +106,27 @@ def test_scrub_replaces_longer_secrets_first() -> None:
     scrubber = SecretScrubber(["abc", "abcdef", ""], structlog.processors.JSONRenderer())
     assert scrubber.scrub("x abcdef y abc z") == "x *** y *** z"
     assert scrubber.scrub("nothing here") == "nothing here"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_lines_written_inside_a_span_carry_its_trace_and_span_ids() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    stream = io.StringIO()
+    configure_logging(LogFormat.JSON, "INFO", stream=stream)
+    log = structlog.stdlib.get_logger("test.correlation")
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("outer") as outer:
+        log.info("inside_outer")
+        with tracer.start_as_current_span("inner") as inner:
+            logging.getLogger("aiormq.test").warning("a library's line")
+    log.info("outside")
+
+    inside, library, outside = (json.loads(line) for line in lines(stream))
+    for line, span in ((inside, outer), (library, inner)):
+        context = span.get_span_context()
+        assert line["trace_id"] == format(context.trace_id, "032x"), line
+        assert line["span_id"] == format(context.span_id, "016x"), line
+        assert len(line["trace_id"]) == 32 and len(line["span_id"]) == 16
+    assert library["trace_id"] == inside["trace_id"] and library["span_id"] != inside["span_id"]
+    assert "trace_id" not in outside and "span_id" not in outside

@@ -154,3 +154,34 @@ def test_the_settings_give_each_attempt_a_deadline() -> None:
     settings = Settings.model_validate({"db_statement_timeout": 2.0})
     assert RetryPolicy.from_settings(settings).statement_timeout == 2.0
     assert RetryPolicy().statement_timeout is None
+
+
+async def test_every_try_again_is_told_to_the_observer_with_its_reason() -> None:
+    """What `coupon_worker_retries_total{reason}` counts: one per wait of an outage, one per
+    conflict, one per split batch, one per further try of a failing command; none for a first
+    try or for giving up."""
+    from collections import Counter
+
+    from worker.messaging.retry import RETRY_REASONS, RetryReason
+
+    heard: Counter[RetryReason] = Counter()
+
+    def hear(reason: RetryReason) -> None:
+        heard[reason] += 1
+
+    script = Script(
+        DependencyUnavailable("down"),
+        DependencyUnavailable("still down"),
+        TransactionConflict("lost"),
+        bad=["b"],
+    )
+    observed = replace(policy(script, max_attempts=3), on_retry=hear)
+    await observed.apply(["a", "b"], script)
+    assert heard == {
+        "dependency_unavailable": 2,
+        "transaction_conflict": 1,
+        "batch_split": 1,
+        "command_failed": 2,  # b's 2nd and 3rd tries; then it is given up on
+    }
+    assert set(RETRY_REASONS) == set(heard)
+    assert script.given_up == [("b", 3, "bad ['b']")]

@@ -68,7 +68,8 @@ async def _consume(
 ) -> int:
     sessions = create_session_factory(engine)
     # Decorators at the edge: metrics and traces (`instruments`), then fault injection.
-    instruments = Instrumentation()
+    instruments = Instrumentation(topology)
+    instruments.database(engine)
     unit_of_work = instruments.unit_of_work(lambda: SqlAlchemyUnitOfWork(sessions))
     handler: Handle = handle
     outlet = Outlet()
@@ -79,7 +80,8 @@ async def _consume(
         handler = injection.handle(handler)
         outcomes = injection.publisher(outcomes)
     pipeline = instruments.pipeline(Pipeline(unit_of_work, handler))
-    retry = RetryPolicy.from_settings(settings)  # one outage log across consumers
+    # One outage log across consumers; every try again counted by reason.
+    retry = RetryPolicy.from_settings(settings, on_retry=instruments.metrics.retried)
 
     def new_consumer() -> Consumer:
         return Consumer(
@@ -113,7 +115,7 @@ async def _consume(
     readiness = health.ReadinessMonitor(
         metrics,
         broker=lambda: supervisor.links_open,
-        database=lambda: _database_answers(engine),
+        database=instruments.unobserved(lambda: _database_answers(engine)),
         consuming=lambda: supervisor.consuming and not stop.is_set(),
         dead_letters=lambda: _dead_letter_depth(supervisor, topology),
     )

@@ -12,7 +12,8 @@
   number of items) is ended and counts as `DependencyUnavailable`: a database that went silent
   between statements, where no statement timeout runs, is an outage like a stopped one.
 
-The policy knows nothing of messages: `Work` says what an attempt is and what follows it.
+The policy knows nothing of messages: `Work` says what an attempt is and what follows it, and
+`on_retry` hears of every try again, by reason (the composition root counts them in a metric).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Final, Literal, Protocol, TypeVar, get_args
 
 import structlog
 
@@ -31,6 +32,19 @@ from worker.app.outage_log import DatabaseOutageLog
 from worker.settings import Settings
 
 log = structlog.stdlib.get_logger("worker.consumer")
+
+# Why a batch or a command is tried again: a concurrent transaction won; a dependency is down
+# (one per wait of an outage); a batch of several failed and is tried command by command; a
+# command alone failed and is tried once more.
+RetryReason = Literal[
+    "transaction_conflict", "dependency_unavailable", "batch_split", "command_failed"
+]
+RETRY_REASONS: Final[tuple[RetryReason, ...]] = get_args(RetryReason)
+
+
+def _unobserved(_: RetryReason) -> None:
+    pass
+
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -61,13 +75,17 @@ class RetryPolicy:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     outages: DatabaseOutageLog = field(default_factory=lambda: DatabaseOutageLog(log))
     statement_timeout: float | None = None  # gives each attempt a deadline; None: no deadline
+    on_retry: Callable[[RetryReason], None] = _unobserved  # before each wait or try again
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
+    def from_settings(
+        cls, settings: Settings, on_retry: Callable[[RetryReason], None] = _unobserved
+    ) -> RetryPolicy:
         return cls(
             max_attempts=settings.max_attempts,
             outage_backoff_max=settings.retry_max_backoff,
             statement_timeout=settings.db_statement_timeout,
+            on_retry=on_retry,
         )
 
     async def apply(self, items: Sequence[ItemT], work: Work[ItemT, ResultT]) -> None:
@@ -77,6 +95,7 @@ class RetryPolicy:
                 result = await self.through_transient(work, items)
             except Exception as error:
                 log.warning("batch_failed_retrying_alone", size=len(items), error=repr(error))
+                self.on_retry("batch_split")
                 for item in items:
                     await self.apply([item], work)
                 return
@@ -90,6 +109,7 @@ class RetryPolicy:
                 except Exception as error:
                     if attempt < self.max_attempts:
                         log.warning("command_failed_retrying", attempt=attempt, error=repr(error))
+                        self.on_retry("command_failed")
                         await self.sleep(self.attempt_backoff * 2**attempt)
                         continue
                     log.error("command_failed", attempts=attempt, exc_info=error)
@@ -107,10 +127,12 @@ class RetryPolicy:
             try:
                 result = await self._attempt_in_time(work, items)
             except TransactionConflict:
+                self.on_retry("transaction_conflict")
                 await self.sleep(random.uniform(0, self.conflict_jitter))
                 continue
             except TransientFailure as failure:
                 self.outages.down(failure)
+                self.on_retry("dependency_unavailable")
                 await self.sleep(delay)
                 delay = min(delay * 2, self.outage_backoff_max)
                 continue

@@ -11,10 +11,13 @@ times the batch's confirms as a whole; fault injection, applied after these, sta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts.names import Topology
 from worker.app.pipeline import BatchProcessor
 from worker.app.ports import UnitOfWork
 from worker.messaging.settlement import OutcomePublisher
@@ -26,12 +29,23 @@ from worker.observability.metered import (
 )
 from worker.observability.metrics import Metrics
 
+T = TypeVar("T")
+
 
 class Instrumentation:
-    def __init__(self) -> None:
+    def __init__(self, topology: Topology) -> None:
         self.metrics = Metrics()
-        self._provider = tracing.configure()  # None: tracing is off
-        self._tracing = tracing.Tracing(self._provider) if self._provider is not None else None
+        provider = tracing.configure()  # None: tracing is off
+        self._tracing = tracing.Tracing(provider, topology) if provider is not None else None
+
+    def database(self, engine: AsyncEngine) -> None:
+        """The worker's engine: a span per statement when tracing is on."""
+        if self._tracing is not None:
+            self._tracing.database(engine)
+
+    def unobserved(self, check: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        """A probe's work (readiness checks), kept out of the traces."""
+        return lambda: tracing.untraced(self._tracing, check)
 
     def unit_of_work(self, factory: Callable[[], UnitOfWork]) -> Callable[[], UnitOfWork]:
         return metered_units_of_work(factory, self.metrics)
@@ -53,5 +67,5 @@ class Instrumentation:
 
     async def close(self) -> None:
         """Flush the spans still buffered (off the loop: the exporter blocks)."""
-        if self._provider is not None:
-            await asyncio.to_thread(self._provider.shutdown)
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.close)

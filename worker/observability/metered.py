@@ -41,9 +41,10 @@ class MeteredPublisher:
         await self._inner.publish_outcomes(answers)
         # The batch is acknowledged when its last confirm arrives: that is each one's wait.
         waited = time.perf_counter() - started
-        for _, outcome in answers:
+        for command, outcome in answers:
             self._metrics.outcome_confirm.observe(waited)
             self._metrics.outcome(outcome)
+            self._metrics.answered(command)
 
     async def dead_letter(
         self, command: AbstractIncomingMessage, error: str, detail: str, reply_error: str

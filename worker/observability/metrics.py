@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Final
 
@@ -31,9 +32,14 @@ from prometheus_client import (
 
 from contracts import names
 from worker.app.outcomes import Outcome
+from worker.messaging.retry import RETRY_REASONS, RetryReason
 
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# From a command's AMQP timestamp, which counts whole seconds (the sub-second part is dropped
+# when it is sent): a reading is late by up to 1 s, so nothing finer than 1 s is told apart;
+# the long end is a backlog, or an outage ridden out.
+COMMAND_LATENCY_BUCKETS: Final = (1, 2, 3, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 class Metrics:
@@ -66,6 +72,24 @@ class Metrics:
         self.redeliveries = Counter(
             "coupon_worker_redeliveries",
             "Deliveries flagged as redelivered by the broker (a crash, a requeue, a lost ack)",
+            registry=registry,
+        )
+        self.command_latency = Histogram(
+            "coupon_worker_command_latency_seconds",
+            "From a command's AMQP timestamp (when its sender published it) to its outcome "
+            "published and confirmed; commands without a timestamp are not counted. AMQP "
+            "timestamps have a resolution of 1 s: each reading is up to 1 s too long, and "
+            "the buckets start at 1 s",
+            buckets=COMMAND_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "coupon_worker_retries",
+            "Tries again, by reason: transaction_conflict (a concurrent transaction won), "
+            "dependency_unavailable (one per wait while the database is unavailable), "
+            "batch_split (a failed batch tried command by command), command_failed (a "
+            "command alone tried once more before it is dead-lettered)",
+            ["reason"],
             registry=registry,
         )
         self.batch_duration = Histogram(
@@ -145,6 +169,22 @@ class Metrics:
         self.outcome_confirm = self.confirm_duration.labels("outcome")
         self.dead_letter_confirm = self.confirm_duration.labels("dead_letter")
         self._commands: dict[tuple[str, str], Counter] = {}
+        # Every reason exported from the start, at 0: a rate over it needs the series first.
+        self._retries = {reason: self.retries.labels(reason) for reason in RETRY_REASONS}
+
+    def retried(self, reason: RetryReason) -> None:
+        """The retry policy's observer."""
+        self._retries[reason].inc()
+
+    def answered(self, command: AbstractIncomingMessage, now: datetime | None = None) -> None:
+        """A command's outcome confirmed: its latency, when its sender stamped it."""
+        sent = command.timestamp
+        if sent is None:
+            return
+        if sent.tzinfo is None:  # aio-pika decodes them in UTC; a naive one is UTC too
+            sent = sent.replace(tzinfo=UTC)
+        waited = ((now or datetime.now(UTC)) - sent).total_seconds()
+        self.command_latency.observe(max(waited, 0.0))  # another host's clock may run ahead
 
     def delivered(self, message: AbstractIncomingMessage) -> None:
         """The consumer's hook, once per delivery."""
