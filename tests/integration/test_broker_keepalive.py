@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractRobustConnection
 from yarl import URL
 
 from worker.messaging.connection import connect_broker
+from worker.messaging.link import open_link
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,3 +68,24 @@ async def test_the_connection_asks_for_the_heartbeat_and_sets_keepalive(
         assert (1, 7) in found, found  # no other connection of this process uses 7 s
     finally:
         await connection.close()
+
+
+async def test_the_worker_links_ask_for_the_heartbeat_and_set_keepalive(
+    settings: Settings,
+) -> None:
+    """The same for the worker's own connections, the plain links its supervisor opens
+    (worker/messaging/link.py), named by their role."""
+    settings = settings.model_copy(update={"tcp_keepalive": 9, "amqp_heartbeat": 6})
+    port = URL(settings.amqp_url.get_secret_value()).port or 5672
+    link = await open_link(
+        settings.broker_urls(), "publish", attempt_timeout=5, tcp_keepalive=settings.tcp_keepalive
+    )
+    try:
+        assert link.connection.transport is not None
+        underlay = link.connection.transport.connection
+        assert isinstance(underlay, aiormq.Connection)
+        assert underlay.heartbeat_timeout == 6
+        found = keepalive_of(port)
+        assert (1, 9) in found, found  # no other connection of this process uses 9 s
+    finally:
+        await link.close()
