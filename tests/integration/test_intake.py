@@ -5,8 +5,10 @@ first fresh command opens the full prefetch."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
 from contracts import CreateCoupon
 from tests.support.broker import Broker
@@ -90,3 +92,26 @@ async def test_a_batch_is_what_is_already_delivered_up_to_the_batch_size(
     # One batch at a time (concurrency 1), in delivery order: each command once, in order.
     assert [code for batch in pipeline.batches for code in batch] == codes
     assert await broker.depth(broker.topology.worker_queue) == 0
+
+
+async def test_every_delivery_enters_through_the_one_receive_path_careful_start_included(
+    broker: Broker, settings: Settings
+) -> None:
+    """The delivery hook (the composition root's redelivery metric and trace contexts) sees the
+    redelivered heads the careful start takes with `basic.get` as well as the consumer's."""
+    suspects = ["seen-suspect-0", "seen-suspect-1"]
+    await returned_once(broker, suspects)
+    fresh = [f"seen-fresh-{n}" for n in range(5)]
+    for code in fresh:
+        await broker.send(CreateCoupon(code=code, init_count=1))
+    events = await broker.collect_events()
+    seen: list[tuple[str, bool]] = []
+
+    def hook(message: AbstractIncomingMessage) -> None:
+        seen.append((str(json.loads(message.body)["code"]), bool(message.redelivered)))
+
+    async with running_consumer(settings, ScriptedPipeline(), on_delivery=hook):
+        await events.wait_for(len(suspects + fresh))
+
+    assert seen[:2] == [(code, True) for code in suspects]
+    assert sorted(seen[2:]) == sorted((code, False) for code in fresh)

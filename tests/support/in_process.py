@@ -19,6 +19,7 @@ from worker.app.pipeline import Envelope, Pipeline
 from worker.messaging import topology as broker_topology
 from worker.messaging.connection import connect_broker
 from worker.messaging.consumer import Consumer
+from worker.messaging.intake import DeliveryHook
 from worker.messaging.outlet import Outlet
 from worker.messaging.publisher import Publisher
 from worker.messaging.retry import RetryPolicy
@@ -109,10 +110,17 @@ async def running_consumer(
     *,
     retry: RetryPolicy = FAST_RETRIES,
     publisher: OutcomePublisher | None = None,
+    on_delivery: DeliveryHook | None = None,
 ) -> AsyncIterator[Consumer]:
     """A started consumer, stopped (with a short grace period) when the block ends."""
     async with channels(settings) as opened:
-        consumer = Consumer(settings, pipeline, publisher or opened.publisher, retry=retry)
+        consumer = Consumer(
+            settings,
+            pipeline,
+            publisher or opened.publisher,
+            retry=retry,
+            on_delivery=on_delivery,
+        )
         await consumer.start(opened.queue, opened.consume)
         try:
             yield consumer
