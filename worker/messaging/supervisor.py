@@ -143,9 +143,14 @@ class Supervisor:
         return f"unable to consume for {stuck:.0f}s ({self._stuck_reason})"
 
     async def wait_consuming(self) -> None:
-        """Returns once the first consumer is registered (after its careful start)."""
-        assert self._consuming is not None, "start() first"
-        await self._consuming.consumer.wait_consuming()
+        """Returns once a consumer is registered (after its careful start): the first one, or
+        the one that replaced it if its link was lost before it got there."""
+        while not self.consuming:
+            side = self._consuming
+            if side is None:
+                await asyncio.sleep(POLL / 5)
+            else:
+                await first_of(side.consumer.wait_consuming(), within=POLL)
 
     # --- life -----------------------------------------------------------------------------------
 
@@ -204,7 +209,7 @@ class Supervisor:
             self._after_loss(side.link)
             self._consuming = None
             await side.link.close()  # the broker takes back what the consumer held, at once
-            await side.consumer.abandon()
+            await broker_call(side.consumer.abandon())
 
     async def _consuming_broken(self, side: _ConsumingSide) -> str:
         while True:
