@@ -120,16 +120,28 @@ async def _run(*argv: str, check: bool = True) -> str:
 # --- RabbitMQ ---------------------------------------------------------------------------------
 
 
-async def broker_answers(amqp_url: str, within: float = ANSWER_TIMEOUT) -> float:
-    """Wait until a real AMQP connection opens a channel; returns the seconds it took."""
+async def broker_answers(
+    amqp_url: str, within: float = ANSWER_TIMEOUT, *, confirms_publish: bool = False
+) -> float:
+    """Wait until a real AMQP connection opens a channel (with `confirms_publish`, until a
+    publish on it is confirmed too: no alarm blocks it any more); returns the seconds it took.
+    The publish goes to the default exchange under a routing key no queue has: the broker
+    confirms it and drops it, leaving nothing behind."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     last: BaseException | None = None
     while loop.time() - started < within:
         try:
-            connection = await aio_pika.connect(amqp_url, timeout=5)
+            connection = await aio_pika.connect(
+                amqp_url, timeout=5, client_properties={"connection_name": "fault-test probe"}
+            )
             try:
-                channel = await connection.channel()
+                channel = await connection.channel(publisher_confirms=confirms_publish)
+                if confirms_publish:
+                    async with asyncio.timeout(5):
+                        await channel.default_exchange.publish(
+                            aio_pika.Message(b"answering?"), routing_key="fault-test-nowhere"
+                        )
                 await channel.close()
                 return loop.time() - started
             finally:
@@ -137,7 +149,8 @@ async def broker_answers(amqp_url: str, within: float = ANSWER_TIMEOUT) -> float
         except Exception as error:
             last = error
             await asyncio.sleep(0.5)
-    raise AssertionError(f"RabbitMQ does not answer after {within}s: {last!r}")
+    what = "confirm a publish" if confirms_publish else "answer"
+    raise AssertionError(f"RabbitMQ does not {what} after {within}s: {last!r}")
 
 
 async def _start_rabbitmq_app() -> None:
@@ -274,33 +287,6 @@ async def _wait_alarms(resource: str, *, present: bool, within: float = ALARM_TI
         await asyncio.sleep(0.1)
 
 
-async def broker_accepts_publishes(amqp_url: str, within: float = ANSWER_TIMEOUT) -> float:
-    """Wait until a publish on a fresh connection is confirmed (no alarm blocks it any more);
-    returns the seconds it took. The message goes to the default exchange under a routing key
-    no queue has: the broker confirms it and drops it, leaving nothing behind."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    last: BaseException | None = None
-    while loop.time() - started < within:
-        try:
-            connection = await aio_pika.connect(
-                amqp_url, timeout=5, client_properties={"connection_name": "fault-test probe"}
-            )
-            try:
-                channel = await connection.channel(publisher_confirms=True)
-                async with asyncio.timeout(5):
-                    await channel.default_exchange.publish(
-                        aio_pika.Message(b"alarm cleared?"), routing_key="fault-test-nowhere"
-                    )
-                return loop.time() - started
-            finally:
-                await connection.close()
-        except Exception as error:
-            last = error
-            await asyncio.sleep(0.5)
-    raise AssertionError(f"RabbitMQ does not confirm a publish after {within}s: {last!r}")
-
-
 @contextlib.asynccontextmanager
 async def _resource_alarm(
     amqp_url: str, resource: str, read: str, parse: Callable[[str], list[str]], raise_: list[str]
@@ -323,7 +309,7 @@ async def _resource_alarm(
         alarm.log.append(await _run("rabbitmqctl", *alarm.restore_to))
         await _wait_alarms(resource, present=False)
         alarm.cleared_at = time.monotonic()
-        await broker_accepts_publishes(amqp_url)
+        await broker_answers(amqp_url, confirms_publish=True)
         alarm.publishing_at = time.monotonic()
         _owed.pop(f"rabbitmq-{resource}-alarm", None)
 

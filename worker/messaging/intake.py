@@ -144,8 +144,7 @@ class Intake:
             if head is not None and head.redelivered and not self._stopping:
                 self._careful_head = True
                 try:
-                    await self._receive(head)
-                    await self._inbox.get()  # taken alone, here, not by the dispatcher
+                    self._note(head)  # the one receive path, taken alone here
                     await self._wait_ready_to_publish()
                     await self._handle([head])
                 finally:
@@ -162,11 +161,16 @@ class Intake:
             return
 
     async def _receive(self, message: AbstractIncomingMessage) -> None:
+        self._note(message)
+        self._inbox.put_nowait(message)
+
+    def _note(self, message: AbstractIncomingMessage) -> None:
+        """Every delivery, the careful start's included: seen by the hook, counted as
+        unsettled."""
         self.last_delivery = time.monotonic()
         if self._on_delivery is not None:
             self._on_delivery(message)
         self._settlement.receive(message)
-        self._inbox.put_nowait(message)
 
     async def _dispatch(self) -> None:
         while True:

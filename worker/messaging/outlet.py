@@ -31,6 +31,7 @@ from worker.app.outcomes import Outcome
 from worker.messaging.connection import broker_call
 from worker.messaging.link import BrokerLink, first_of
 from worker.messaging.publisher import Publisher
+from worker.messaging.settlement import held
 
 log = structlog.stdlib.get_logger("worker.outlet")
 
@@ -46,7 +47,6 @@ class Outlet:
         self._link: BrokerLink | None = None
         self._publisher: Publisher | None = None
         self._attached = asyncio.Event()
-        self.retried = 0  # publishes tried again on another connection, ever
 
     def attach(self, link: BrokerLink, publisher: Publisher) -> None:
         """A new publishing connection, ready to use."""
@@ -122,12 +122,11 @@ class Outlet:
             except DeliveryError:
                 raise
             except Exception as error:
-                if not any(_held(command) for command in commands):
+                if not any(held(command) for command in commands):
                     raise CommandsReturned(
                         "the publish failed and the consuming channel closed: the broker "
                         f"redelivers the commands ({error!r})"
                     ) from error
-                self.retried += 1
                 log.warning(
                     "publish_failed_retrying",
                     count=len(commands),
@@ -137,11 +136,3 @@ class Outlet:
                 if self._link is link:
                     self.detach()
                     await link.close()  # the supervisor opens the next one
-
-
-def _held(command: AbstractIncomingMessage) -> bool:
-    """Whether the channel the command came on is still open (it is still ours to settle)."""
-    try:
-        return not command.channel.is_closed
-    except Exception:
-        return False

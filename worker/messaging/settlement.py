@@ -90,15 +90,21 @@ class Delivery:
 
     @property
     def channel_closed(self) -> bool:
-        try:
-            return bool(self.message.channel.is_closed)
-        except Exception:
-            return True
+        return not held(self.message)
 
     def _decide(self, fate: Fate) -> None:
         if self.fate is not None:
             raise AlreadySettled(f"{self.message.message_id!r} is {self.fate.value} already")
         self.fate = fate
+
+
+def held(message: AbstractIncomingMessage) -> bool:
+    """Whether the channel the message came on is open: it is still ours to settle (once it
+    closed, the broker has put the message back)."""
+    try:
+        return not message.channel.is_closed
+    except Exception:
+        return False
 
 
 def _channel_of(message: AbstractIncomingMessage) -> object | None:
