@@ -6,7 +6,8 @@
 It reads the result file that run wrote (`RELIABILITY_RESULTS=…`, see tests/support/figures.py;
 default `tests/results/reliability.json`) and fills every measured figure from it: a figure the
 file lacks stops the rendering, so the table never shows a number no run produced. In
-docs/reliability.md the table sits between the markers `<!-- reliability:start -->` and `<!-- reliability:end -->`.
+docs/reliability.md the table sits between the markers `<!-- reliability:start -->` and
+`<!-- reliability:end -->`.
 """
 
 from __future__ import annotations
