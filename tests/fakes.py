@@ -1,10 +1,15 @@
-"""In-memory fakes of the ports (worker/domain/ports.py, worker/app/ports.py), for unit tests.
+"""In-memory fakes of the storage ports (worker/domain/ports.py, worker/app/ports.py).
 
 They keep the promises the real adapters make (tests/integration/test_storage_contract.py runs
 the same tests against both): coupons are loaded and locked in code order, a code created by a
 concurrent transaction or a guarded redeem that cannot be taken is a conflict
 (`TransactionConflict`), recording a command twice reports the conflict, and nothing a unit of
 work did is visible to anyone else until it commits (leaving without `commit()` discards it).
+
+Storage semantics only, no coupon rules: whether a create is `AlreadyExists` or a redeem
+`Exhausted` is the domain's decision (worker/domain/working_set.py) before storage is asked,
+and the tests judge it by their one model of the rules, tests/support/oracle.py. The conflicts
+here stand for PostgreSQL's unique index and the redeem's `WHERE remaining_count >= taken`.
 
 Concurrent units of work behave as they do on PostgreSQL: a write to a coupon (or to a
 command's record) waits until whichever unit of work wrote it first commits or rolls back,

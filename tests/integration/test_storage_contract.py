@@ -1,88 +1,25 @@
 """The unit of work and its repositories, one contract for both implementations.
 
 Every test here runs against the in-memory fakes (tests/fakes.py) and against PostgreSQL
-(worker/db): the fakes are only worth the unit tests built on them if they keep the promises
-the real adapters keep - commit only when told, rows loaded and locked in code order and held
-until the end, a code created concurrently or a redeem that cannot be taken is a conflict
-(never an oversell), and nothing visible to others before commit.
+(worker/db), through the `storage` fixture (tests/support/storage.py): the fakes are only worth
+the tests built on them if they keep the promises the real adapters keep - commit only when
+told, rows loaded and locked in code order and held until the end, a code created concurrently
+or a redeem that cannot be taken is a conflict (never an oversell), and nothing visible to
+others before commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from tests.fakes import FakeDatabase, FakeUnitOfWork
+from tests.support.storage import Storage
 from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
-from worker.app.ports import UnitOfWork
-from worker.db.tables import Coupon as CouponRow
-from worker.db.tables import ProcessedCommand
-from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.model import Coupon
-
-
-@dataclass(frozen=True)
-class Storage:
-    unit_of_work: Callable[[], UnitOfWork]
-    committed_coupons: Callable[[], Awaitable[dict[str, Coupon]]]  # as others see them
-    committed_commands: Callable[[], Awaitable[set[str]]]
-    wait_until_blocked: Callable[[], Awaitable[None]]  # another unit of work waits on a lock
-
-
-def _fake_storage() -> Storage:
-    database = FakeDatabase()
-
-    async def coupons() -> dict[str, Coupon]:
-        return dict(database.coupons)
-
-    async def commands() -> set[str]:
-        return set(database.processed)
-
-    async def blocked() -> None:
-        await asyncio.sleep(0.05)  # the waiter is parked on the holder's event by now
-
-    return Storage(lambda: FakeUnitOfWork(database), coupons, commands, blocked)
-
-
-BLOCKED_ON_A_LOCK = text(
-    "SELECT count(*) FROM pg_stat_activity "
-    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-)
-
-
-def _postgresql_storage(sessions: async_sessionmaker[AsyncSession], db: AsyncEngine) -> Storage:
-    async def coupons() -> dict[str, Coupon]:
-        columns = (CouponRow.id, CouponRow.code, CouponRow.init_count, CouponRow.remaining_count)
-        async with db.connect() as connection:
-            rows = (await connection.execute(select(*columns))).all()
-        return {row.code: Coupon(*row) for row in rows}
-
-    async def commands() -> set[str]:
-        async with db.connect() as connection:
-            return set((await connection.scalars(select(ProcessedCommand.message_id))).all())
-
-    async def blocked() -> None:
-        async with asyncio.timeout(30), db.connect() as connection:
-            while not await connection.scalar(BLOCKED_ON_A_LOCK):
-                await asyncio.sleep(0.02)
-                await connection.rollback()  # pg_stat_activity is a snapshot per transaction
-
-    return Storage(lambda: SqlAlchemyUnitOfWork(sessions), coupons, commands, blocked)
-
-
-@pytest.fixture(params=["fake", "postgresql"])
-def storage(request: pytest.FixtureRequest) -> Storage:
-    if request.param == "fake":
-        return _fake_storage()
-    return _postgresql_storage(request.getfixturevalue("sessions"), request.getfixturevalue("db"))
 
 
 def coupon(code: str, init_count: int, remaining_count: int | None = None) -> Coupon:

@@ -34,7 +34,7 @@ What `check` holds the worker to (contract v1, "Guarantees"):
 - `processed_command` holds exactly one row per applied command, with the published outcome;
 - nothing dead-lettered unless expected, and then exactly once, with the expected `x-error`;
 - no event, row or coupon that no recorded command explains;
-- wrong = 0: each outcome is the one the commands alone call for (`expected_outcomes`): no
+- wrong = 0: each outcome is the one the commands alone call for (`tests/support/oracle.py`): no
   `Exhausted` while the coupon has redemptions left, no `DoesNotExist` for a coupon the test had
   seen created, and for coupons whose redeems all came after that, exactly
   `min(redeems, init_count)` granted and a final count of `init_count` minus them.
@@ -63,7 +63,7 @@ from contracts.commands import Command
 from contracts.messages import command_message
 from tests.support import figures
 from tests.support.broker import Broker, Collected
-from tests.support.expected_outcomes import check_outcomes
+from tests.support.oracle import check_outcomes
 from worker.db.tables import Coupon, ProcessedCommand
 
 
@@ -84,7 +84,7 @@ class SentCommand:
     error: str | None = None  # the expected `x-error` of a dead letter, when it matters
     sends: int = 0  # how many times it was published (duplicates share the message_id)
     # Every publish of it went out after the test had seen its coupon's `coupon.created`: a
-    # redeem that must then never be answered DoesNotExist (see expected_outcomes).
+    # redeem that must then never be answered DoesNotExist (see tests/support/oracle.py).
     established: bool = False
 
     @property

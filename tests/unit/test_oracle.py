@@ -1,4 +1,5 @@
-"""The fault suite's outcome model (tests/support/expected_outcomes.py) catches wrong answers."""
+"""The oracle's judge of outcomes in an unknown order (`tests.support.oracle.check_outcomes`,
+the fault suites' ledger uses it) catches wrong answers and lets the right ones pass."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.expected_outcomes import check_outcomes
+from tests.support.oracle import check_outcomes
 
 
 @dataclass
