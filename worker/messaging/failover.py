@@ -32,7 +32,7 @@ from yarl import URL
 from worker.messaging.transport import KeepaliveRobustConnection
 from worker.settings import redact_url
 
-log = structlog.stdlib.get_logger("worker")
+log = structlog.stdlib.get_logger(__name__)
 
 
 class FailoverConnection(KeepaliveRobustConnection):
