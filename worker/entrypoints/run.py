@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.names import Topology
+from worker.addresses import redact_url
 from worker.app.pipeline import Pipeline
 from worker.db import migrations
 from worker.db.engine import create_session_factory, database
@@ -30,7 +31,7 @@ from worker.messaging.retry import RetryPolicy
 from worker.messaging.supervisor import Supervisor, WorkerStuck
 from worker.observability import health
 from worker.observability.instrumentation import Instrumentation
-from worker.settings import Settings, redact_url
+from worker.settings import Settings
 from worker.testing.faults import FaultPlan
 from worker.testing.injection import FaultInjection
 

@@ -30,9 +30,9 @@ from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
+from worker.addresses import redact_url
 from worker.messaging.connection import broker_call, time_limited
 from worker.messaging.transport import KeepaliveConnection
-from worker.settings import redact_url
 
 log = structlog.stdlib.get_logger(__name__)
 
