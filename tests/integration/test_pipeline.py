@@ -158,7 +158,9 @@ async def test_a_failure_anywhere_in_the_batch_commits_nothing(
 class _GatedOutcomes:
     """Stored outcomes, looked up; then it waits at `gate`, where another delivery overtakes."""
 
-    def __init__(self, inner: ProcessedCommands, looked_up: asyncio.Event, gate: asyncio.Event):
+    def __init__(
+        self, inner: ProcessedCommands, looked_up: asyncio.Event, gate: asyncio.Event
+    ) -> None:
         self._inner, self._looked_up, self._gate = inner, looked_up, gate
 
     async def outcomes(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
@@ -172,7 +174,9 @@ class _GatedOutcomes:
 
 
 class Overtaken(ForwardingUnitOfWork):
-    def __init__(self, inner: UnitOfWork, looked_up: asyncio.Event, gate: asyncio.Event):
+    """A unit of work whose stored-outcome lookup another delivery overtakes."""
+
+    def __init__(self, inner: UnitOfWork, looked_up: asyncio.Event, gate: asyncio.Event) -> None:
         super().__init__(inner)
         self._looked_up, self._gate = looked_up, gate
 

@@ -181,6 +181,8 @@ CASES: Final[Mapping[str, Sequence[tuple[Step, Answer]]]] = {
 
 
 class CommandSent(Protocol):
+    """A command as the ledger sent it; `established`: sent after its coupon's `created` came."""
+
     @property
     def message_id(self) -> str: ...
 
@@ -195,6 +197,8 @@ class CommandSent(Protocol):
 
 
 class OutcomeSeen(Protocol):
+    """An outcome event as received."""
+
     @property
     def routing_key(self) -> str: ...
 
@@ -203,6 +207,8 @@ class OutcomeSeen(Protocol):
 
 
 class CouponRow(Protocol):
+    """A coupon row as the database holds it at the end."""
+
     @property
     def code(self) -> str: ...
 

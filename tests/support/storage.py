@@ -28,6 +28,8 @@ from worker.domain.model import Coupon
 
 @dataclass(frozen=True)
 class Storage:
+    """A unit of work factory, and what a test may observe of the storage behind it."""
+
     name: str  # "fake" or "postgresql"
     unit_of_work: Callable[[], UnitOfWork]
     committed_coupons: Callable[[], Awaitable[dict[str, Coupon]]]  # as others see them
@@ -38,6 +40,7 @@ class Storage:
 
 
 def fake_storage() -> Storage:
+    """A fresh in-memory database behind the fakes."""
     database = FakeDatabase()
 
     async def coupons() -> dict[str, Coupon]:
