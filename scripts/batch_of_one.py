@@ -9,13 +9,13 @@ coupons through `Pipeline.process`, one per batch, `--rate` per second. Prints, 
 the batch's wall time (p50 / p90 / p99 / max), the time inside the driver per statement (from
 SQLAlchemy's cursor events, the statement's first words; the first statement of a transaction
 includes asyncpg's BEGIN), the commit (from SQLAlchemy's commit event to the batch's end: COMMIT,
-then the session's close handing the connection back to the pool), and what is left (Python:
+then the connection's close handing it back to the pool), and what is left (Python:
 SQLAlchemy, the handlers, building outcomes). For comparison, the same round trips sent by
 asyncpg alone: a prepared `SELECT 1`, and BEGIN / COMMIT. Round trips per batch are counted
 as they happen: SQLAlchemy's cursor executions (each a prepared statement, one round trip once
 prepared on the connection) and asyncpg's query logger on every pooled connection (BEGIN, COMMIT,
-any ping: the simple-protocol queries). `--busy N` runs N busy-looping processes alongside (both cores contended, as
-when the broker and the worker share the machine with the driver).
+any ping: the simple-protocol queries). `--busy N` runs N busy-looping processes alongside
+(both cores contended, as when the broker and the worker share the machine with the driver).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from contracts.commands import Command, CreateCoupon, RedeemCoupon
 from tests.support.database import create_database, drop_database
 from worker.app.pipeline import Envelope, Pipeline
 from worker.db import migrations
-from worker.db.engine import create_engine, create_session_factory
+from worker.db.engine import create_engine
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.settings import Settings
 
@@ -152,7 +152,7 @@ async def main(commands: int, rate: float) -> None:
     try:
         timings = Timings(engine)
         await migrations.upgrade(engine)
-        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(create_session_factory(engine)))
+        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(engine))
         # Warm up: compile the statements, prepare them on the pool's connections.
         await paced(
             200, 1000, lambda n: CreateCoupon(code=f"W{n}", init_count=1), pipeline, timings

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts.commands import CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.identity import coupon_id
@@ -29,29 +29,31 @@ from tests.support.database import truncate
 from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import Envelope, Pipeline
+from worker.db import tables
 from worker.db.repositories import ProcessedCommandsRepository
-from worker.db.tables import Coupon, ProcessedCommand
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.handlers import handle
 from worker.testing.faults import FaultPlan, InjectedFault
 from worker.testing.injection import FaultInjection
 
-Sessions = async_sessionmaker[AsyncSession]
-
 
 async def remaining(engine: AsyncEngine, code: str) -> int | None:
     async with engine.connect() as connection:
-        value = await connection.scalar(select(Coupon.remaining_count).where(Coupon.code == code))
+        value = await connection.scalar(
+            select(tables.coupon.c.remaining_count).where(tables.coupon.c.code == code)
+        )
     return None if value is None else int(value)
 
 
 async def processed_count(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
-        return int(await connection.scalar(select(func.count()).select_from(ProcessedCommand)) or 0)
+        return int(
+            await connection.scalar(select(func.count()).select_from(tables.processed_command)) or 0
+        )
 
 
-async def test_a_mixed_batch_in_one_transaction(sessions: Sessions, db: AsyncEngine) -> None:
-    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(sessions))
+async def test_a_mixed_batch_in_one_transaction(db: AsyncEngine) -> None:
+    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(db))
     outcomes = await pipeline.process(
         [
             Envelope("c1", CreateCoupon(code="B1", init_count=1)),
@@ -79,10 +81,10 @@ async def test_a_mixed_batch_in_one_transaction(sessions: Sessions, db: AsyncEng
     assert await remaining(db, "B1") == 0
 
 
-async def test_a_fault_before_commit_leaves_nothing(sessions: Sessions, db: AsyncEngine) -> None:
+async def test_a_fault_before_commit_leaves_nothing(db: AsyncEngine) -> None:
     faults = FaultInjection(FaultPlan.parse("before_commit:raise:fault-x"))
     pipeline = Pipeline(
-        faults.unit_of_work(lambda: SqlAlchemyUnitOfWork(sessions)), faults.handle(handle)
+        faults.unit_of_work(lambda: SqlAlchemyUnitOfWork(db)), faults.handle(handle)
     )
     with pytest.raises(InjectedFault):
         await pipeline.process(
@@ -99,9 +101,9 @@ class GatedProcessed(ProcessedCommandsRepository):
     """Looks up stored outcomes, then waits: another delivery overtakes it right there."""
 
     def __init__(
-        self, session: AsyncSession, looked_up: asyncio.Event, gate: asyncio.Event
+        self, connection: AsyncConnection, looked_up: asyncio.Event, gate: asyncio.Event
     ) -> None:
-        super().__init__(session)
+        super().__init__(connection)
         self.looked_up = looked_up
         self.gate = gate
 
@@ -113,25 +115,23 @@ class GatedProcessed(ProcessedCommandsRepository):
 
 
 class GatedUnitOfWork(SqlAlchemyUnitOfWork):
-    def __init__(self, sessions: Sessions, looked_up: asyncio.Event, gate: asyncio.Event) -> None:
-        super().__init__(sessions)
+    def __init__(self, engine: AsyncEngine, looked_up: asyncio.Event, gate: asyncio.Event) -> None:
+        super().__init__(engine)
         self.looked_up = looked_up
         self.gate = gate
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
-        self.processed = GatedProcessed(self.coupons.session, self.looked_up, self.gate)
+        self.processed = GatedProcessed(self.coupons.connection, self.looked_up, self.gate)
         return self
 
 
 @pytest.mark.timeout(60)
-async def test_two_deliveries_of_one_command_apply_it_once(
-    sessions: Sessions, db: AsyncEngine
-) -> None:
-    plain = Pipeline(lambda: SqlAlchemyUnitOfWork(sessions))
+async def test_two_deliveries_of_one_command_apply_it_once(db: AsyncEngine) -> None:
+    plain = Pipeline(lambda: SqlAlchemyUnitOfWork(db))
     await plain.process([Envelope("create", CreateCoupon(code="TWICE", init_count=5))])
     looked_up, gate = asyncio.Event(), asyncio.Event()
-    late = Pipeline(lambda: GatedUnitOfWork(sessions, looked_up, gate))
+    late = Pipeline(lambda: GatedUnitOfWork(db, looked_up, gate))
     redeem = [Envelope("redeem-1", RedeemCoupon(code="TWICE"))]
 
     # The late delivery finds no stored outcome, then the other delivery commits first.
@@ -150,10 +150,10 @@ async def test_two_deliveries_of_one_command_apply_it_once(
     assert await remaining(db, "TWICE") == 4
 
 
-def _on_fresh_database(sessions: Sessions, db: AsyncEngine) -> Callable[[], Awaitable[Pipeline]]:
+def _on_fresh_database(db: AsyncEngine) -> Callable[[], Awaitable[Pipeline]]:
     async def fresh() -> Pipeline:
         await truncate(db)
-        return Pipeline(lambda: SqlAlchemyUnitOfWork(sessions), clock=lambda: NOW)
+        return Pipeline(lambda: SqlAlchemyUnitOfWork(db), clock=lambda: NOW)
 
     return fresh
 
@@ -161,12 +161,17 @@ def _on_fresh_database(sessions: Sessions, db: AsyncEngine) -> Callable[[], Awai
 async def committed_state(engine: AsyncEngine) -> tuple[list[tuple[Any, ...]], list[str]]:
     async with engine.connect() as connection:
         coupons = await connection.execute(
-            select(Coupon.id, Coupon.code, Coupon.init_count, Coupon.remaining_count).order_by(
-                Coupon.code
-            )
+            select(
+                tables.coupon.c.id,
+                tables.coupon.c.code,
+                tables.coupon.c.init_count,
+                tables.coupon.c.remaining_count,
+            ).order_by(tables.coupon.c.code)
         )
         commands = await connection.scalars(
-            select(ProcessedCommand.message_id).order_by(ProcessedCommand.message_id)
+            select(tables.processed_command.c.message_id).order_by(
+                tables.processed_command.c.message_id
+            )
         )
         return [tuple(row) for row in coupons.all()], list(commands.all())
 
@@ -178,9 +183,9 @@ async def committed_state(engine: AsyncEngine) -> tuple[list[tuple[Any, ...]], l
 )
 @given(history=st.lists(envelopes, max_size=8), batch=batches)
 async def test_a_batch_has_exactly_the_outcomes_of_its_commands_applied_one_by_one(
-    sessions: Sessions, db: AsyncEngine, history: list[Envelope], batch: list[Envelope]
+    db: AsyncEngine, history: list[Envelope], batch: list[Envelope]
 ) -> None:
-    fresh = _on_fresh_database(sessions, db)
+    fresh = _on_fresh_database(db)
     at_once = await fresh()
     await one_by_one(at_once, history)
     outcomes = await at_once.process(batch)
@@ -194,7 +199,7 @@ async def test_a_batch_has_exactly_the_outcomes_of_its_commands_applied_one_by_o
 
 
 async def test_the_same_commands_on_a_fresh_database_give_byte_identical_outcomes(
-    sessions: Sessions, db: AsyncEngine
+    db: AsyncEngine,
 ) -> None:
     batch = [
         Envelope("c-1", CreateCoupon(code="DET", init_count=3)),
@@ -203,7 +208,7 @@ async def test_the_same_commands_on_a_fresh_database_give_byte_identical_outcome
         Envelope("g-1", GetCoupon(code="DET")),
         Envelope("r-2", RedeemCoupon(code="NOPE")),
     ]
-    fresh = _on_fresh_database(sessions, db)
+    fresh = _on_fresh_database(db)
     first = await (await fresh()).process(batch)
     again = await (await fresh()).process(batch)
     assert wire(first) == wire(again)
@@ -216,9 +221,9 @@ async def test_the_same_commands_on_a_fresh_database_give_byte_identical_outcome
 
 @pytest.mark.parametrize("size", [1, 10, 120])
 async def test_a_batch_costs_the_same_statements_whatever_its_size(
-    sessions: Sessions, db: AsyncEngine, size: int
+    db: AsyncEngine, size: int
 ) -> None:
-    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(sessions))
+    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(db))
     await pipeline.process(
         [Envelope(f"old-{i}", CreateCoupon(code=f"OLD-{i}", init_count=5)) for i in range(size)]
     )

@@ -17,14 +17,13 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.fakes import FakeDatabase, FakeUnitOfWork
 from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
 from worker.app.ports import UnitOfWork
-from worker.db.tables import Coupon as CouponRow
-from worker.db.tables import ProcessedCommand
+from worker.db import tables
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.model import Coupon
 
@@ -58,16 +57,23 @@ BLOCKED_ON_A_LOCK = text(
 )
 
 
-def _postgresql_storage(sessions: async_sessionmaker[AsyncSession], db: AsyncEngine) -> Storage:
+def _postgresql_storage(db: AsyncEngine) -> Storage:
     async def coupons() -> dict[str, Coupon]:
-        columns = (CouponRow.id, CouponRow.code, CouponRow.init_count, CouponRow.remaining_count)
+        columns = (
+            tables.coupon.c.id,
+            tables.coupon.c.code,
+            tables.coupon.c.init_count,
+            tables.coupon.c.remaining_count,
+        )
         async with db.connect() as connection:
             rows = (await connection.execute(select(*columns))).all()
         return {row.code: Coupon(*row) for row in rows}
 
     async def commands() -> set[str]:
         async with db.connect() as connection:
-            return set((await connection.scalars(select(ProcessedCommand.message_id))).all())
+            return set(
+                (await connection.scalars(select(tables.processed_command.c.message_id))).all()
+            )
 
     async def blocked() -> None:
         async with asyncio.timeout(30), db.connect() as connection:
@@ -75,14 +81,14 @@ def _postgresql_storage(sessions: async_sessionmaker[AsyncSession], db: AsyncEng
                 await asyncio.sleep(0.02)
                 await connection.rollback()  # pg_stat_activity is a snapshot per transaction
 
-    return Storage(lambda: SqlAlchemyUnitOfWork(sessions), coupons, commands, blocked)
+    return Storage(lambda: SqlAlchemyUnitOfWork(db), coupons, commands, blocked)
 
 
 @pytest.fixture(params=["fake", "postgresql"])
 def storage(request: pytest.FixtureRequest) -> Storage:
     if request.param == "fake":
         return _fake_storage()
-    return _postgresql_storage(request.getfixturevalue("sessions"), request.getfixturevalue("db"))
+    return _postgresql_storage(request.getfixturevalue("db"))
 
 
 def coupon(code: str, init_count: int, remaining_count: int | None = None) -> Coupon:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.names import Topology
 from worker.app.pipeline import Handle, Pipeline
 from worker.db import migrations
-from worker.db.engine import create_session_factory, database
+from worker.db.engine import database
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.handlers import handle
 from worker.entrypoints.operator_errors import describe_startup_failure
@@ -66,11 +66,10 @@ async def _consume(
     faults: FaultPlan,
     redact: Callable[[str], str],
 ) -> int:
-    sessions = create_session_factory(engine)
     # Decorators at the edge: metrics and traces (`instruments`), then fault injection.
     instruments = Instrumentation(topology)
     instruments.database(engine)
-    unit_of_work = instruments.unit_of_work(lambda: SqlAlchemyUnitOfWork(sessions))
+    unit_of_work = instruments.unit_of_work(lambda: SqlAlchemyUnitOfWork(engine))
     handler: Handle = handle
     outlet = Outlet()
     outcomes: OutcomePublisher = instruments.publisher(outlet)
