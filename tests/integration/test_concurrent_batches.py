@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Collection
-from typing import Self
+from collections.abc import Collection, Sequence
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     create_async_engine,
 )
 
 from contracts.commands import CreateCoupon, RedeemCoupon
+from worker.app.outcomes import Outcome
 from worker.app.pipeline import Envelope, Pipeline
 from worker.db import tables
-from worker.db.repositories import CouponsRepository
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.model import Coupon
 
@@ -65,27 +63,18 @@ async def test_concurrent_batches_of_a_hot_coupon_grant_exactly_what_is_left_in_
     assert await remaining(db) == {"HOT": 0}
 
 
-class TogetherCoupons(CouponsRepository):
+class TogetherUnitOfWork(SqlAlchemyUnitOfWork):
     """Locks only once every batch of the round is about to: their lock statements overlap."""
 
-    def __init__(self, connection: AsyncConnection, barrier: asyncio.Barrier) -> None:
-        super().__init__(connection)
-        self.barrier = barrier
-
-    async def lock_many(self, codes: Collection[str]) -> dict[str, Coupon]:
-        await asyncio.wait_for(self.barrier.wait(), 30)
-        return await super().lock_many(codes)
-
-
-class TogetherUnitOfWork(SqlAlchemyUnitOfWork):
     def __init__(self, engine: AsyncEngine, barrier: asyncio.Barrier) -> None:
         super().__init__(engine)
         self.barrier = barrier
 
-    async def __aenter__(self) -> Self:
-        await super().__aenter__()
-        self.coupons = TogetherCoupons(self.coupons.connection, self.barrier)
-        return self
+    async def load_batch(
+        self, message_ids: Sequence[str], codes: Collection[str]
+    ) -> tuple[dict[str, Outcome], dict[str, Coupon]]:
+        await asyncio.wait_for(self.barrier.wait(), 30)
+        return await super().load_batch(message_ids, codes)
 
 
 DEADLOCKS = text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")

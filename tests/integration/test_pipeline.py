@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Self
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.commands import CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.identity import coupon_id
@@ -30,9 +30,9 @@ from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import Envelope, Pipeline
 from worker.db import tables
-from worker.db.repositories import ProcessedCommandsRepository
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.handlers import handle
+from worker.domain.model import Coupon
 from worker.testing.faults import FaultPlan, InjectedFault
 from worker.testing.injection import FaultInjection
 
@@ -97,57 +97,56 @@ async def test_a_fault_before_commit_leaves_nothing(db: AsyncEngine) -> None:
     assert await processed_count(db) == 0
 
 
-class GatedProcessed(ProcessedCommandsRepository):
-    """Looks up stored outcomes, then waits: another delivery overtakes it right there."""
-
-    def __init__(
-        self, connection: AsyncConnection, looked_up: asyncio.Event, gate: asyncio.Event
-    ) -> None:
-        super().__init__(connection)
-        self.looked_up = looked_up
-        self.gate = gate
-
-    async def outcomes(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
-        found = await super().outcomes(message_ids)
-        self.looked_up.set()
-        await asyncio.wait_for(self.gate.wait(), 30)
-        return found
-
-
 class GatedUnitOfWork(SqlAlchemyUnitOfWork):
+    """Looks up stored outcomes (and locks what exists), then waits: another delivery
+    overtakes it right there."""
+
     def __init__(self, engine: AsyncEngine, looked_up: asyncio.Event, gate: asyncio.Event) -> None:
         super().__init__(engine)
         self.looked_up = looked_up
         self.gate = gate
 
-    async def __aenter__(self) -> Self:
-        await super().__aenter__()
-        self.processed = GatedProcessed(self.coupons.connection, self.looked_up, self.gate)
-        return self
+    async def load_batch(
+        self, message_ids: Sequence[str], codes: Collection[str]
+    ) -> tuple[dict[str, Outcome], dict[str, Coupon]]:
+        found = await super().load_batch(message_ids, codes)
+        self.looked_up.set()
+        await asyncio.wait_for(self.gate.wait(), 30)
+        return found
 
 
 @pytest.mark.timeout(60)
-async def test_two_deliveries_of_one_command_apply_it_once(db: AsyncEngine) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [CreateCoupon(code="TWICE", init_count=5), RedeemCoupon(code="NEVER-MADE")],
+    ids=["create: the code is taken", "refused redeem: only the record conflicts"],
+)
+async def test_two_deliveries_of_one_command_apply_it_once(
+    db: AsyncEngine, command: CreateCoupon | RedeemCoupon
+) -> None:
     plain = Pipeline(lambda: SqlAlchemyUnitOfWork(db))
-    await plain.process([Envelope("create", CreateCoupon(code="TWICE", init_count=5))])
     looked_up, gate = asyncio.Event(), asyncio.Event()
     late = Pipeline(lambda: GatedUnitOfWork(db, looked_up, gate))
-    redeem = [Envelope("redeem-1", RedeemCoupon(code="TWICE"))]
+    twice = [Envelope("twice-1", command)]
 
-    # The late delivery finds no stored outcome, then the other delivery commits first.
-    overtaken = asyncio.create_task(late.process(redeem))
+    # The late delivery finds no stored outcome (and no coupon to lock), then the other
+    # delivery commits first.
+    overtaken = asyncio.create_task(late.process(twice))
     await asyncio.wait_for(looked_up.wait(), 30)
-    [first] = await plain.process(redeem)
+    [first] = await plain.process(twice)
     gate.set()
     with pytest.raises(TransactionConflict):
         await asyncio.wait_for(overtaken, 30)
-    assert await remaining(db, "TWICE") == 4, "the late delivery's effect must roll back"
+    assert await processed_count(db) == 1, "the late delivery's record must roll back"
 
     # Retried, it is answered from the stored outcome with the same event message_id.
-    [retried] = await late.process(redeem)
+    looked_up.clear()
+    [retried] = await late.process(twice)
     assert retried == first
     assert retried.event_message_id == first.event_message_id
-    assert await remaining(db, "TWICE") == 4
+    assert await processed_count(db) == 1
+    expected = 5 if isinstance(command, CreateCoupon) else None
+    assert await remaining(db, command.code) == expected
 
 
 def _on_fresh_database(db: AsyncEngine) -> Callable[[], Awaitable[Pipeline]]:
@@ -220,9 +219,7 @@ async def test_the_same_commands_on_a_fresh_database_give_byte_identical_outcome
 
 
 @pytest.mark.parametrize("size", [1, 10, 120])
-async def test_a_batch_costs_the_same_statements_whatever_its_size(
-    db: AsyncEngine, size: int
-) -> None:
+async def test_a_batch_costs_four_round_trips_whatever_its_size(db: AsyncEngine, size: int) -> None:
     pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(db))
     await pipeline.process(
         [Envelope(f"old-{i}", CreateCoupon(code=f"OLD-{i}", init_count=5)) for i in range(size)]
@@ -236,28 +233,38 @@ async def test_a_batch_costs_the_same_statements_whatever_its_size(
     with executions(db) as sent:
         outcomes = await pipeline.process(batch)
     assert len(outcomes) == 4 * size
-    kinds = [sql.split()[0] for sql in sent]
-    # stored outcomes, lock and load, new coupons, redemptions, outcome rows, commit
-    assert kinds == ["SELECT", "SELECT", "INSERT", "UPDATE", "INSERT", "COMMIT"], sent
+    # BEGIN; stored outcomes with the coupons locked; new coupons, redemptions and outcome
+    # rows in one statement; COMMIT.
+    begin, load, write, commit = sent
+    assert (begin, commit) == ("BEGIN", "COMMIT"), sent
+    assert load.startswith("WITH locked AS (SELECT") and "FOR UPDATE" in load, load
+    assert "FROM processed_command" in load, load
+    for writes in ("INSERT INTO coupon ", "UPDATE coupon SET", "INSERT INTO processed_command"):
+        assert writes in write, write
     granted = [o for o in outcomes[2 * size :][:size] if o.routing_key == "coupon.redeemed"]
     assert len(granted) == min(size, 4), "the hot coupon grants as many as remain"
 
 
 @contextmanager
 def executions(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The SQL (and the COMMIT) the engine sends while the block runs."""
+    """The SQL (and the BEGIN and COMMIT) the engine sends while the block runs."""
     seen: list[str] = []
 
     def statement(*args: Any) -> None:
         seen.append(" ".join(str(args[2]).split()))
 
+    def begin(*args: Any) -> None:
+        seen.append("BEGIN")
+
     def commit(*args: Any) -> None:
         seen.append("COMMIT")
 
+    event.listen(engine.sync_engine, "begin", begin)
     event.listen(engine.sync_engine, "before_cursor_execute", statement)
     event.listen(engine.sync_engine, "commit", commit)
     try:
         yield seen
     finally:
+        event.remove(engine.sync_engine, "begin", begin)
         event.remove(engine.sync_engine, "before_cursor_execute", statement)
         event.remove(engine.sync_engine, "commit", commit)

@@ -24,10 +24,13 @@ from sqlalchemy import (
     String,
     any_,
     bindparam,
+    cast,
     column,
     delete,
     func,
+    null,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
@@ -35,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
+from worker.app.ports import ALREADY_RECORDED
 from worker.db.tables import coupon, processed_command
 from worker.domain.model import Coupon
 
@@ -101,14 +105,10 @@ OUTCOME_COLUMNS = (
     processed_command.c.processed_at,
 )
 
-SELECT_OUTCOMES = (
-    select(*OUTCOME_COLUMNS)
-    .where(
-        processed_command.c.message_id
-        == any_(_array("message_ids", processed_command.c.message_id.type))
-    )
-    .order_by(processed_command.c.message_id)
+_STORED = processed_command.c.message_id == any_(
+    _array("message_ids", processed_command.c.message_id.type)
 )
+SELECT_OUTCOMES = select(*OUTCOME_COLUMNS).where(_STORED).order_by(processed_command.c.message_id)
 """The stored outcomes of the commands among `:message_ids`."""
 
 INSERT_OUTCOMES = (
@@ -118,6 +118,33 @@ INSERT_OUTCOMES = (
     .returning(processed_command.c.message_id)
 )
 """Outcomes from `:message_id, :command, ...` (sent in message_id order); the ones inserted."""
+
+
+# --- both tables, one statement each: a batch's first and last round trip ------------------
+
+
+def _nulls(columns: Sequence[Any]) -> list[Any]:
+    return [cast(null(), c.type).label(c.key) for c in columns]
+
+
+_LOCKED = LOCK_COUPONS.cte("locked")
+LOCK_AND_LOOK_UP = union_all(
+    select(*OUTCOME_COLUMNS, *_nulls(COUPON_COLUMNS)).where(_STORED),
+    select(*_nulls(OUTCOME_COLUMNS), *_LOCKED.c),
+)
+"""`SELECT_OUTCOMES` and `LOCK_COUPONS` in one: rows of stored outcomes (coupon columns null)
+then the locked coupons (outcome columns null), locked in code order as by `LOCK_COUPONS`."""
+
+_WRITTEN = (
+    INSERT_COUPONS.cte("created"),
+    REDEEM_COUPONS.cte("redeemed"),
+    INSERT_OUTCOMES.cte("recorded"),
+)
+WRITE_ALL = select(
+    *(select(func.count()).select_from(cte).scalar_subquery().label(cte.name) for cte in _WRITTEN)
+)
+"""`INSERT_COUPONS`, `REDEEM_COUPONS` and `INSERT_OUTCOMES` in one statement (each a
+data-modifying CTE, run to completion whatever the SELECT reads); how many rows each wrote."""
 
 
 def coupon_rows(coupons: Sequence[Coupon]) -> dict[str, list[Any]]:
@@ -186,14 +213,14 @@ class CouponsRepository:
             return
         inserted = (await self.connection.execute(INSERT_COUPONS, coupon_rows(coupons))).all()
         if len(inserted) != len(coupons):
-            raise TransactionConflict("a concurrent transaction created the same code")
+            raise TransactionConflict(CODE_TAKEN)
 
     async def redeem_many(self, taken: Mapping[str, int]) -> None:
         if not taken:
             return
         changed = (await self.connection.execute(REDEEM_COUPONS, taken_rows(taken))).all()
         if len(changed) != len(taken):
-            raise TransactionConflict("a coupon changed under the batch's lock")
+            raise TransactionConflict(COUPON_CHANGED)
 
 
 class ProcessedCommandsRepository:
@@ -236,3 +263,20 @@ PRUNE = (
     .returning(processed_command.c.message_id)
 )
 """Delete up to `:limit` of the oldest rows processed before `:processed_before`."""
+
+
+CODE_TAKEN = "a concurrent transaction created the same code"
+COUPON_CHANGED = "a coupon changed under the batch's lock"
+
+
+def conflict(
+    created: Sequence[Coupon], taken: Mapping[str, int], outcomes: Sequence[Outcome], row: Any
+) -> str | None:
+    """What `WRITE_ALL`'s counts say went wrong, if anything (`None`: every row was written)."""
+    if row.created != len(created):
+        return CODE_TAKEN
+    if row.redeemed != len(taken):
+        return COUPON_CHANGED
+    if row.recorded != len(outcomes):
+        return ALREADY_RECORDED
+    return None
