@@ -35,7 +35,7 @@ from benchmarks.processes import TargetProcess
 from contracts import names
 from contracts.client import to_amqp
 from contracts.commands import CreateCoupon, RedeemCoupon
-from contracts.messages import command_message
+from contracts.messages import CommandMessage, command_message
 from tests.support.broker import Broker
 from tests.support.database import create_database, drop_database
 from worker.settings import Settings
@@ -78,29 +78,36 @@ class Counter:
                 pass
 
 
-async def publish_wave(broker: Broker, start: int, rng: random.Random) -> int:
-    """One wave of commands numbered from `start`; returns how many it holds that the worker
-    will answer (every valid one, once however often it is delivered)."""
-    exchange = await broker.ch.get_exchange(broker.topology.commands_exchange, ensure=False)
-    sends: list[Any] = []
-    expected = 0
+def wave(start: int, rng: random.Random) -> list[CommandMessage | None]:
+    """One wave of commands numbered from `start`: creates of new codes and redeems of codes
+    created earlier; 1 % invalid bodies (`None`), 2 % sent twice under one message_id (the same
+    message twice in the list)."""
+    messages: list[CommandMessage | None] = []
     for n in range(start, start + WAVE):
         roll = rng.random()
         if roll < 0.01:
-            sends.append(broker.send_raw("coupon.create", INVALID))
+            messages.append(None)
             continue
         if n % 2 == 0 or start == 0:
             command: CreateCoupon | RedeemCoupon = CreateCoupon(code=f"SOAK-{n}", init_count=3)
         else:
             command = RedeemCoupon(code=f"SOAK-{rng.randrange(0, start, 2)}")
         message = command_message(command, message_id=str(uuid.uuid4()))
-        copies = 2 if roll > 0.98 else 1  # a delivery twice under one message_id
-        for _ in range(copies):
-            sends.append(exchange.publish(to_amqp(message), message.routing_key, mandatory=True))
-        expected += 1
+        messages.extend([message] * (2 if roll > 0.98 else 1))
+    return messages
+
+
+async def publish(broker: Broker, messages: list[CommandMessage | None]) -> None:
+    """Every message of a wave, confirmed, `PUBLISH_WINDOW` at a time."""
+    exchange = await broker.ch.get_exchange(broker.topology.commands_exchange, ensure=False)
+    sends = [
+        broker.send_raw("coupon.create", INVALID)
+        if message is None
+        else exchange.publish(to_amqp(message), message.routing_key, mandatory=True)
+        for message in messages
+    ]
     for first in range(0, len(sends), PUBLISH_WINDOW):
         await asyncio.gather(*sends[first : first + PUBLISH_WINDOW])
-    return expected
 
 
 async def soak(amqp_url: str, admin_url: str, commands: int, output: Path) -> dict[str, Any]:
@@ -129,7 +136,10 @@ async def soak(amqp_url: str, admin_url: str, commands: int, output: Path) -> di
         sent = 0
         started = since = time.perf_counter()
         while sent < commands:
-            expected += await publish_wave(broker, sent, rng)
+            messages = wave(sent, rng)
+            await publish(broker, messages)
+            # The worker answers every valid command once, however often it is delivered.
+            expected += len({m.message_id for m in messages if m is not None})
             await counter.wait_for(expected, idle=60, alive=worker.running)
             sent += WAVE
             if sent in (20_000, WAVE) or sent % REPORT_EVERY == 0:

@@ -1,7 +1,7 @@
 """What the worker keeps of every command: the worker in this process, wired exactly as
-`coupon-worker run` wires it (`worker.entrypoints.run.serve`), under tracemalloc, fed waves of
-commands like the soak's (creates, redeems of earlier codes, 2 % duplicate message ids, 1 %
-invalid bodies); heap snapshots after `--first` and after `--last` commands, and what grew
+`coupon-worker run` wires it (`worker.entrypoints.run.serve`), under tracemalloc, fed the
+soak's waves (`benchmarks/soak.py`: creates, redeems of earlier codes, 2 % duplicate message
+ids, 1 % invalid bodies); heap snapshots after `--first` and after `--last` commands, and what grew
 between them, by source line and by object type.
 
     uv run python scripts/memory_growth.py [--first 50000] [--last 200000] [--frames 1]
@@ -25,9 +25,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from contracts.client import to_amqp
-from contracts.commands import CreateCoupon, RedeemCoupon
-from contracts.messages import CommandMessage, command_message
+from benchmarks.soak import WAVE, publish, wave
 from tests.support.broker import Broker
 from tests.support.database import create_database, drop_database
 from worker.addresses import redact_url
@@ -36,48 +34,12 @@ from worker.db.engine import database
 from worker.entrypoints.run import serve
 from worker.settings import Settings
 
-WAVE = 10_000
-PUBLISH_WINDOW = 500
-
 
 def rss_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def wave(start: int, rng: random.Random) -> list[CommandMessage | tuple[str, bytes]]:
-    """One wave: creates of new codes and redeems of codes created earlier, some sent twice
-    under one message_id, some not commands at all."""
-    messages: list[CommandMessage | tuple[str, bytes]] = []
-    for n in range(start, start + WAVE):
-        roll = rng.random()
-        if roll < 0.01:
-            messages.append(("coupon.create", b'{"code": ""}'))
-            continue
-        if n % 2 == 0 or start == 0:
-            command: CreateCoupon | RedeemCoupon = CreateCoupon(code=f"S{n}", init_count=3)
-        else:
-            command = RedeemCoupon(code=f"S{rng.randrange(0, start, 2)}")
-        message = command_message(command, message_id=str(uuid.uuid4()))
-        messages.append(message)
-        if roll > 0.98:
-            messages.append(message)  # a duplicate delivery of the same command
-    return messages
-
-
-async def publish(broker: Broker, messages: list[CommandMessage | tuple[str, bytes]]) -> None:
-    exchange = await broker.ch.get_exchange(broker.topology.commands_exchange, ensure=False)
-
-    async def one(message: CommandMessage | tuple[str, bytes]) -> None:
-        if isinstance(message, tuple):
-            await broker.send_raw(message[0], message[1])
-        else:
-            await exchange.publish(to_amqp(message), message.routing_key)
-
-    for first in range(0, len(messages), PUBLISH_WINDOW):
-        await asyncio.gather(*(one(m) for m in messages[first : first + PUBLISH_WINDOW]))
 
 
 async def drained(broker: Broker) -> None:
