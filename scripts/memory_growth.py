@@ -79,8 +79,8 @@ async def main(first: int, last: int, frames: int) -> None:
     broker = Broker(amqp_url, prefix)
     await broker.open()
     await broker.declare(settings)
-    sink = await broker.ch.declare_queue(
-        f"{prefix}sink", arguments={"x-max-length": 1000, "x-overflow": "drop-head"}
+    sink = await broker.ch.declare_queue(  # exclusive: gone with this process's connection
+        f"{prefix}sink", exclusive=True, arguments={"x-max-length": 1000}
     )
     await sink.bind(broker.topology.events_exchange, "#")
     tracemalloc.start(frames)
