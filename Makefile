@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 UV := scripts/uv
 PYTEST_ARGS ?=
 
-.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table reliability
+.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link reliability
 setup:
 	$(UV) sync --frozen --all-extras
 
@@ -57,6 +57,18 @@ bench: setup services
 # The same, end to end with small counts (a smoke test, not figures).
 bench-quick: setup services
 	$(UV) run python -m benchmarks --quick $(BENCH_ARGS)
+
+# A million commands through one worker, its RSS every 100,000 (SOAK_ARGS="--commands 200000");
+# run once per change of the hot path, stored as benchmarks/results/soak-<time>.json, not in CI.
+SOAK_ARGS ?=
+bench-soak: setup services
+	$(UV) run python -m benchmarks.soak $(SOAK_ARGS)
+
+# Lone commands over a 10 ms round trip to PostgreSQL (a delaying proxy on loopback), p50/p99;
+# SLOW_LINK_ARGS="--delay 5 --rate 20 --seconds 30"; benchmarks/results/slow-link-<time>.json.
+SLOW_LINK_ARGS ?=
+bench-slow-link: setup services
+	$(UV) run python -m benchmarks.slow_link $(SLOW_LINK_ARGS)
 
 # The Performance tables (docs/performance.md) from a result file (BENCH_RESULT, default latest.json;
 # BENCH_BEFORE, a result file of the previous worker, adds its column).

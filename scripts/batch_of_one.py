@@ -1,7 +1,7 @@
 """Where a batch of one spends its time: the pipeline alone (no broker), one command per batch
 at a steady pace, as the worker runs at a low rate (every command a batch of one).
 
-    uv run python scripts/batch_of_one.py [--commands 2000] [--rate 200]
+    uv run python scripts/batch_of_one.py [--commands 2000] [--rate 200] [--busy 2]
 
 Creates a throw-away database next to DATABASE_URL's (migrated by alembic), builds the engine
 as the worker does (`worker.db.engine.create_engine`), then runs creates and redeems of distinct
@@ -9,15 +9,20 @@ coupons through `Pipeline.process`, one per batch, `--rate` per second. Prints, 
 the batch's wall time (p50 / p90 / p99 / max), the time inside the driver per statement (from
 SQLAlchemy's cursor events, the statement's first words; the first statement of a transaction
 includes asyncpg's BEGIN), the commit (from SQLAlchemy's commit event to the batch's end: COMMIT,
-then the session's close handing the connection back to the pool), and what is left (Python:
+then the connection's close handing it back to the pool), and what is left (Python:
 SQLAlchemy, the handlers, building outcomes). For comparison, the same round trips sent by
-asyncpg alone: a prepared `SELECT 1`, and BEGIN / COMMIT.
+asyncpg alone: a prepared `SELECT 1`, and BEGIN / COMMIT. Round trips per batch are counted
+as they happen: SQLAlchemy's cursor executions (each a prepared statement, one round trip once
+prepared on the connection) and asyncpg's query logger on every pooled connection (BEGIN, COMMIT,
+any ping: the simple-protocol queries). `--busy N` runs N busy-looping processes alongside
+(both cores contended, as when the broker and the worker share the machine with the driver).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import statistics
 import sys
@@ -36,7 +41,7 @@ from contracts.commands import Command, CreateCoupon, RedeemCoupon
 from tests.support.database import create_database, drop_database
 from worker.app.pipeline import Envelope, Pipeline
 from worker.db import migrations
-from worker.db.engine import create_engine, create_session_factory
+from worker.db.engine import create_engine
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.settings import Settings
 
@@ -61,12 +66,22 @@ class Timings:
         event.listen(sync, "after_cursor_execute", self._after)
         event.listen(sync, "commit", self._commit_starts)
         self._commit_started: float | None = None
+        self.queries = 0  # asyncpg's query logger: the simple protocol (BEGIN, COMMIT, ping)
+        self.statements = 0  # SQLAlchemy's cursor executions: prepared statements
+        event.listen(sync, "connect", self._log_queries)
+
+    def _log_queries(self, dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(self._count_query)
+
+    def _count_query(self, _: Any) -> None:
+        self.queries += 1
 
     def _before(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         self._started[id(cursor)] = time.perf_counter()
 
     def _after(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         started = self._started.pop(id(cursor))
+        self.statements += 1
         words = " ".join(statement.split()[:3])
         self.by_statement[words].append((time.perf_counter() - started) * 1000)
 
@@ -135,9 +150,9 @@ async def main(commands: int, rate: float) -> None:
     settings = Settings.model_validate({"DATABASE_URL": url})
     engine = create_engine(settings)
     try:
-        await migrations.upgrade(engine)
         timings = Timings(engine)
-        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(create_session_factory(engine)))
+        await migrations.upgrade(engine)
+        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(engine))
         # Warm up: compile the statements, prepare them on the pool's connections.
         await paced(
             200, 1000, lambda n: CreateCoupon(code=f"W{n}", init_count=1), pipeline, timings
@@ -148,6 +163,7 @@ async def main(commands: int, rate: float) -> None:
         }
         for name, make in workloads.items():
             timings.by_statement.clear()
+            timings.queries = timings.statements = 0
             walls = await paced(commands, rate, make, pipeline, timings)
             with section(f"{name}: {commands} batches of one at {rate:g}/s"):
                 sys.stdout.write(f"{'batch (wall)':>44} {percentiles(walls)}\n")
@@ -157,6 +173,8 @@ async def main(commands: int, rate: float) -> None:
                     sys.stdout.write(f"{statement[:44]:>44} {percentiles(values)}\n")
                 left = statistics.median(walls) - medians
                 sys.stdout.write(f"{'batch p50 less the statements p50s':>44} {left:6.2f} ms\n")
+                trips = (timings.queries + timings.statements) / commands
+                sys.stdout.write(f"{'round trips per batch (asyncpg queries)':>44} {trips:6.2f}\n")
         raw_dsn = url.replace("postgresql+asyncpg://", "postgresql://")
         with section("asyncpg alone, the same server"):
             for what, values in (await raw_round_trips(raw_dsn, commands)).items():
@@ -166,9 +184,22 @@ async def main(commands: int, rate: float) -> None:
         await drop_database(admin_url, url)
 
 
+def busy() -> None:
+    while True:
+        pass
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--busy", type=int, default=0, help="busy-looping processes alongside")
     args = parser.parse_args()
-    asyncio.run(main(args.commands, args.rate))
+    hogs = [multiprocessing.Process(target=busy, daemon=True) for _ in range(args.busy)]
+    for hog in hogs:
+        hog.start()
+    try:
+        asyncio.run(main(args.commands, args.rate))
+    finally:
+        for hog in hogs:
+            hog.terminate()

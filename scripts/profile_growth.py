@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts.commands import CreateCoupon
 from tests.support.database import create_database, drop_database
@@ -43,7 +43,7 @@ async def main(plans: str, rows: int) -> None:
     )
     try:
         await migrations.upgrade(engine)
-        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(async_sessionmaker(engine)))
+        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(engine))
         done = 0
         while done < rows:
             started = time.perf_counter()

@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
 from tests.support.database import create_database, drop_database
@@ -76,7 +76,7 @@ async def main(batch_size: int) -> str:
     engine = create_async_engine(url, pool_size=4, max_overflow=0)
     try:
         await migrations.upgrade(engine)
-        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(async_sessionmaker(engine)))
+        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(engine))
         batches = workload(batch_size)
         await pipeline.process([Envelope("warm-up", GetCoupon(code="none"))])
         profiler = cProfile.Profile()

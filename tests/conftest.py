@@ -11,12 +11,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 # cpython gh-106905) under pytest's assertion rewriting.
 import hypothesis  # noqa: F401
 import pytest
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tests.support import figures
 from tests.support.broker import Broker
@@ -104,11 +99,6 @@ async def db(engine: AsyncEngine) -> AsyncEngine:
     """The session's engine, with empty tables."""
     await truncate(engine)
     return engine
-
-
-@pytest.fixture
-def sessions(db: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(db, expire_on_commit=False)
 
 
 @pytest.fixture

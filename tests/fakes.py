@@ -27,7 +27,13 @@ from typing import Self
 
 from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
-from worker.app.ports import CouponRepository, ProcessedCommands, UnitOfWork
+from worker.app.ports import (
+    CouponRepository,
+    ProcessedCommands,
+    UnitOfWork,
+    load_stepwise,
+    write_stepwise,
+)
 from worker.domain.model import Coupon
 
 
@@ -166,6 +172,16 @@ class FakeUnitOfWork:
         if self._transaction is not None:
             self._transaction.release()
             self._transaction = None
+
+    async def load_batch(
+        self, message_ids: Sequence[str], codes: Collection[str]
+    ) -> tuple[dict[str, Outcome], dict[str, Coupon]]:
+        return await load_stepwise(self, message_ids, codes)
+
+    async def write_batch(
+        self, created: Sequence[Coupon], taken: Mapping[str, int], outcomes: Sequence[Outcome]
+    ) -> None:
+        await write_stepwise(self, created, taken, outcomes)
 
     async def commit(self) -> None:
         if self._transaction is None:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import names
 from tests.support.broker import Broker, Collected
-from worker.db.tables import Coupon, ProcessedCommand
+from worker.db import tables
 
 MARKER_TYPE = "test.marker"
 
@@ -99,7 +99,9 @@ async def coupons(db: AsyncEngine) -> dict[str, tuple[int, int]]:
     """code -> (init_count, remaining_count)."""
     async with db.connect() as connection:
         rows = await connection.execute(
-            select(Coupon.code, Coupon.init_count, Coupon.remaining_count)
+            select(
+                tables.coupon.c.code, tables.coupon.c.init_count, tables.coupon.c.remaining_count
+            )
         )
         return {code: (init, remaining) for code, init, remaining in rows}
 
@@ -108,6 +110,6 @@ async def processed(db: AsyncEngine) -> dict[str, str]:
     """message_id -> the stored outcome's event name."""
     async with db.connect() as connection:
         rows = await connection.execute(
-            select(ProcessedCommand.message_id, ProcessedCommand.outcome_type)
+            select(tables.processed_command.c.message_id, tables.processed_command.c.outcome_type)
         )
         return {str(message_id): str(outcome) for message_id, outcome in rows}

@@ -9,7 +9,7 @@ from contracts import CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.events import CouponCreated, CouponError, CouponFound, CouponRedeemed, ErrorKind
 from tests.conftest import StartWorker
 from tests.support.broker import Broker
-from worker.db.tables import Coupon, ProcessedCommand
+from worker.db import tables
 
 
 async def test_create_redeem_to_exhaustion_and_errors(
@@ -46,9 +46,11 @@ async def test_create_redeem_to_exhaustion_and_errors(
 
     async with db.connect() as connection:
         remaining = await connection.scalar(
-            select(Coupon.remaining_count).where(Coupon.code == "SPRING-1")
+            select(tables.coupon.c.remaining_count).where(tables.coupon.c.code == "SPRING-1")
         )
-        processed = await connection.scalar(select(func.count()).select_from(ProcessedCommand))
+        processed = await connection.scalar(
+            select(func.count()).select_from(tables.processed_command)
+        )
     assert remaining == 0
     assert processed == 6
 

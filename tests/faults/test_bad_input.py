@@ -28,7 +28,7 @@ from tests.support.broker import Broker
 from tests.support.contract_rules import expected_error
 from tests.support.invalid_inputs import Entry, corpus
 from tests.support.ledger import Expect, Ledger, _reason
-from worker.db.tables import Coupon
+from worker.db import tables
 
 pytestmark = pytest.mark.faults
 
@@ -230,7 +230,7 @@ async def test_bad_input_at_scale_is_dead_lettered_once_each_and_harms_nothing(
     errors = Counter(_reason(m) for m in dead)
     generated_valid = sum(1 for s in sent if s.source == "generated" and s.error is None)
     async with db.connect() as connection:
-        codes = set((await connection.scalars(select(Coupon.code))).all())
+        codes = set((await connection.scalars(select(tables.coupon.c.code))).all())
     created_codes = {
         json.loads(c.body)["code"] for c in ledger.copies if c.routing_key == names.CREATED
     }

@@ -36,7 +36,7 @@ from tests.support.cluster import ClusterBroker, PgStandby, RabbitCluster
 from tests.support.ledger import Expect, Ledger, SteadyFlow
 from tests.support.outages import _cluster_of, database_answers, restore_all
 from tests.support.worker_process import WorkerProcess
-from worker.db.tables import ProcessedCommand
+from worker.db import tables
 from worker.settings import Settings
 
 pytestmark = [
@@ -286,7 +286,7 @@ async def stop_default_postgres(database_url: str) -> None:
 
 async def processed_ids(engine: AsyncEngine) -> set[str]:
     async with engine.connect() as connection:
-        return set((await connection.scalars(select(ProcessedCommand.message_id))).all())
+        return set((await connection.scalars(select(tables.processed_command.c.message_id))).all())
 
 
 @pytest.mark.disruptive

@@ -15,7 +15,7 @@ from contracts.commands import Command
 from tests.conftest import StartWorker
 from tests.support.broker import Broker
 from tests.support.ledger import Ledger
-from worker.db.tables import Coupon
+from worker.db import tables
 
 pytestmark = pytest.mark.faults
 
@@ -55,7 +55,7 @@ async def test_four_workers_never_oversell_one_coupon(
     report = await ledger.check(db)
     async with db.connect() as connection:
         remaining = await connection.scalar(
-            select(Coupon.remaining_count).where(Coupon.code == code)
+            select(tables.coupon.c.remaining_count).where(tables.coupon.c.code == code)
         )
     processed_by = [worker.processed() for worker in workers]
     report.emit(

@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import CreateCoupon, GetCoupon, RedeemCoupon, names
 from contracts.validation import InvalidCommand, RejectionCode, decode_command
@@ -27,9 +27,9 @@ from tests.support.cli import Finished, run_cli
 from tests.support.ledger import _reason
 from tests.support.services import Services
 from worker.app.outcomes import Outcome
+from worker.db import tables
 from worker.db.repositories import CouponsRepository, ProcessedCommandsRepository
-from worker.db.tables import Coupon, ProcessedCommand
-from worker.domain.model import Coupon as CouponModel
+from worker.domain.model import Coupon
 
 pytestmark = pytest.mark.faults
 
@@ -527,26 +527,25 @@ def test_injection_strings_are_not_valid_coupon_codes() -> None:
 
 @pytest.mark.timeout(120)
 async def test_injection_strings_are_stored_literally_and_the_tables_survive(
-    sessions: async_sessionmaker[AsyncSession],
     broker: Broker,
     start_worker: StartWorker,
     db: AsyncEngine,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Below the contract's code rules, the repositories themselves take any string literally.
-    async with sessions() as session, session.begin():
-        real = CouponModel(uuid.uuid4(), "REAL-1", 5, 5)
-        hostile = [CouponModel(uuid.uuid4(), code, 3, 3) for code in INJECTIONS]
-        await CouponsRepository(session).create_many([real, *hostile])
-    async with sessions() as session, session.begin():
-        coupons = CouponsRepository(session)
+    async with db.begin() as connection:
+        real = Coupon(uuid.uuid4(), "REAL-1", 5, 5)
+        hostile = [Coupon(uuid.uuid4(), code, 3, 3) for code in INJECTIONS]
+        await CouponsRepository(connection).create_many([real, *hostile])
+    async with db.begin() as connection:
+        coupons = CouponsRepository(connection)
         assert set(await coupons.lock_many(INJECTIONS)) == set(INJECTIONS)
         await coupons.redeem_many(dict.fromkeys(INJECTIONS, 1))
         found = await coupons.get_many(INJECTIONS)
         assert {c.remaining_count for c in found.values()} == {2}
         # Would match every row if spliced in:
         assert await coupons.get_many(["' OR ''='"]) == {}
-        processed = ProcessedCommandsRepository(session)
+        processed = ProcessedCommandsRepository(connection)
         outcome = Outcome(
             command_message_id=INJECTIONS[0],
             command=names.REDEEM,
@@ -555,8 +554,8 @@ async def test_injection_strings_are_stored_literally_and_the_tables_survive(
             occurred_at=datetime.now(UTC),
         )
         assert await processed.record([outcome])
-    async with sessions() as session:
-        stored = await ProcessedCommandsRepository(session).outcomes(list(INJECTIONS))
+    async with db.connect() as connection:
+        stored = await ProcessedCommandsRepository(connection).outcomes(list(INJECTIONS))
         assert list(stored) == [INJECTIONS[0]] and stored[INJECTIONS[0]].body == outcome.body
 
     # Through the worker: the message_id is free text, and is stored literally too.
@@ -571,14 +570,14 @@ async def test_injection_strings_are_stored_literally_and_the_tables_survive(
     assert len({m.message_id for m in events.messages}) == 1
 
     async with db.connect() as connection:
-        tables = {
+        regclasses = {
             name: await connection.scalar(text("SELECT to_regclass(:name)::text"), {"name": name})
             for name in ("coupon", "processed_command")
         }
-        codes = set((await connection.scalars(select(Coupon.code))).all())
-        rows = await connection.scalar(select(func.count()).select_from(ProcessedCommand))
+        codes = set((await connection.scalars(select(tables.coupon.c.code))).all())
+        rows = await connection.scalar(select(func.count()).select_from(tables.processed_command))
         hostile_rows = await connection.scalar(
-            select(func.count()).where(ProcessedCommand.message_id == hostile_id)
+            select(func.count()).where(tables.processed_command.c.message_id == hostile_id)
         )
     print_figures(
         capsys,
@@ -586,8 +585,8 @@ async def test_injection_strings_are_stored_literally_and_the_tables_survive(
         coupons=len(codes),
         processed_rows=rows,
         hostile_rows=hostile_rows,
-        tables_intact=all(tables.values()),
+        tables_intact=all(regclasses.values()),
     )
-    assert tables == {"coupon": "coupon", "processed_command": "processed_command"}
+    assert regclasses == {"coupon": "coupon", "processed_command": "processed_command"}
     assert codes == {"REAL-1", "INJ-1", *INJECTIONS}
     assert hostile_rows == 1 and rows == 2

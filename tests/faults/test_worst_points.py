@@ -19,7 +19,7 @@ from contracts.commands import Command
 from tests.conftest import StartWorker
 from tests.support.broker import Broker
 from tests.support.ledger import Ledger
-from worker.db.tables import Coupon, ProcessedCommand
+from worker.db import tables
 from worker.testing.faults import FaultPoint
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
@@ -33,15 +33,17 @@ async def rows(db: AsyncEngine, message_ids: list[str]) -> int:
     async with db.connect() as connection:
         count = await connection.scalar(
             select(func.count())
-            .select_from(ProcessedCommand)
-            .where(ProcessedCommand.message_id.in_(message_ids))
+            .select_from(tables.processed_command)
+            .where(tables.processed_command.c.message_id.in_(message_ids))
         )
     return int(count or 0)
 
 
 async def remaining(db: AsyncEngine, code: str) -> int | None:
     async with db.connect() as connection:
-        count = await connection.scalar(select(Coupon.remaining_count).where(Coupon.code == code))
+        count = await connection.scalar(
+            select(tables.coupon.c.remaining_count).where(tables.coupon.c.code == code)
+        )
     return None if count is None else int(count)
 
 

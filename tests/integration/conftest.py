@@ -16,6 +16,5 @@ def storage(request: pytest.FixtureRequest) -> Iterator[Storage]:
     if request.param == "fake":
         yield fake_storage()
         return
-    sessions, db = request.getfixturevalue("sessions"), request.getfixturevalue("db")
-    with postgresql_storage(sessions, db) as storage:
+    with postgresql_storage(request.getfixturevalue("db")) as storage:
         yield storage

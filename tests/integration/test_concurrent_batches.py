@@ -5,41 +5,38 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Collection
-from typing import Self
+from collections.abc import Collection, Sequence
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
     create_async_engine,
 )
 
 from contracts.commands import CreateCoupon, RedeemCoupon
+from worker.app.outcomes import Outcome
 from worker.app.pipeline import Envelope, Pipeline
-from worker.db.repositories import CouponsRepository
-from worker.db.tables import Coupon
+from worker.db import tables
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
-from worker.domain.model import Coupon as CouponModel
-
-Sessions = async_sessionmaker[AsyncSession]
+from worker.domain.model import Coupon
 
 
 async def remaining(engine: AsyncEngine) -> dict[str, int]:
     async with engine.connect() as connection:
-        rows = await connection.execute(select(Coupon.code, Coupon.remaining_count))
+        rows = await connection.execute(
+            select(tables.coupon.c.code, tables.coupon.c.remaining_count)
+        )
         return {row.code: row.remaining_count for row in rows}
 
 
 @pytest.mark.timeout(120)
 async def test_concurrent_batches_of_a_hot_coupon_grant_exactly_what_is_left_in_order(
-    sessions: Sessions, db: AsyncEngine
+    db: AsyncEngine,
 ) -> None:
     """50 redeems of a coupon with 10 left, in 5 concurrent batches of 10 (with an unknown
     code among them): exactly 10 granted, each batch's grants before its refusals."""
-    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(sessions))
+    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(db))
     await pipeline.process([Envelope("create", CreateCoupon(code="HOT", init_count=25))])
     await pipeline.process([Envelope(f"early-{i}", RedeemCoupon(code="HOT")) for i in range(15)])
     batches = [
@@ -66,27 +63,18 @@ async def test_concurrent_batches_of_a_hot_coupon_grant_exactly_what_is_left_in_
     assert await remaining(db) == {"HOT": 0}
 
 
-class TogetherCoupons(CouponsRepository):
+class TogetherUnitOfWork(SqlAlchemyUnitOfWork):
     """Locks only once every batch of the round is about to: their lock statements overlap."""
 
-    def __init__(self, session: AsyncSession, barrier: asyncio.Barrier) -> None:
-        super().__init__(session)
+    def __init__(self, engine: AsyncEngine, barrier: asyncio.Barrier) -> None:
+        super().__init__(engine)
         self.barrier = barrier
 
-    async def lock_many(self, codes: Collection[str]) -> dict[str, CouponModel]:
+    async def load_batch(
+        self, message_ids: Sequence[str], codes: Collection[str]
+    ) -> tuple[dict[str, Outcome], dict[str, Coupon]]:
         await asyncio.wait_for(self.barrier.wait(), 30)
-        return await super().lock_many(codes)
-
-
-class TogetherUnitOfWork(SqlAlchemyUnitOfWork):
-    def __init__(self, sessions: Sessions, barrier: asyncio.Barrier) -> None:
-        super().__init__(sessions)
-        self.barrier = barrier
-
-    async def __aenter__(self) -> Self:
-        await super().__aenter__()
-        self.coupons = TogetherCoupons(self.coupons.session, self.barrier)
-        return self
+        return await super().load_batch(message_ids, codes)
 
 
 DEADLOCKS = text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
@@ -111,8 +99,7 @@ async def test_concurrent_batches_in_opposite_orders_never_deadlock(
     # A pool of its own: when it closes, its backends report their statistics as they exit.
     engine = create_async_engine(database_url, pool_size=2, max_overflow=0)
     try:
-        sessions = async_sessionmaker(engine, expire_on_commit=False)
-        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(sessions))
+        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(engine))
         await pipeline.process(
             [Envelope(f"c-{c}", CreateCoupon(code=c, init_count=50)) for c in codes]
         )
@@ -121,7 +108,7 @@ async def test_concurrent_batches_in_opposite_orders_never_deadlock(
             ascending = [Envelope(f"a{round_}-{c}", RedeemCoupon(code=c)) for c in codes]
             descending = [Envelope(f"d{round_}-{c}", RedeemCoupon(code=c)) for c in codes[::-1]]
             barrier = asyncio.Barrier(2)
-            pipeline = Pipeline(lambda: TogetherUnitOfWork(sessions, barrier))  # noqa: B023
+            pipeline = Pipeline(lambda: TogetherUnitOfWork(engine, barrier))  # noqa: B023
             async with asyncio.timeout(60):  # a deadlock raises TransactionConflict here
                 await asyncio.gather(pipeline.process(ascending), pipeline.process(descending))
     finally:

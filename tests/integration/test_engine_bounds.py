@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.identity import coupon_id
 from worker.app.failures import DependencyUnavailable
 from worker.db import engine as engine_module
-from worker.db.engine import create_engine, create_session_factory
+from worker.db.engine import create_engine
 from worker.db.transience import transient_kind
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.model import Coupon
@@ -57,15 +57,14 @@ async def test_a_statement_timeout_discards_the_connection_and_is_an_outage(
 async def test_a_statement_timeout_in_a_unit_of_work_is_a_transient_outage(
     bounded: AsyncEngine,
 ) -> None:
-    sessions = create_session_factory(bounded)
     with pytest.raises(DependencyUnavailable):
-        async with SqlAlchemyUnitOfWork(sessions) as uow:
-            await uow.coupons.session.execute(text("SELECT pg_sleep(5)"))
-    async with SqlAlchemyUnitOfWork(sessions) as uow:  # and the next one works
+        async with SqlAlchemyUnitOfWork(bounded) as uow:
+            await uow.coupons.connection.execute(text("SELECT pg_sleep(5)"))
+    async with SqlAlchemyUnitOfWork(bounded) as uow:  # and the next one works
         code = "AFTER-TIMEOUT"
         await uow.coupons.create_many([Coupon(coupon_id(code), code, 1, 1)])
         await uow.commit()
-    async with SqlAlchemyUnitOfWork(sessions) as uow:
+    async with SqlAlchemyUnitOfWork(bounded) as uow:
         assert (await uow.coupons.get_many([code]))[code].remaining_count == 1
 
 
@@ -118,8 +117,7 @@ async def test_a_busy_connection_that_died_fails_one_unit_of_work_which_is_trans
     await terminate(settings, dead)
     # Used again at once (not idle long enough to be pinged): the statement fails on the dead
     # connection, as an outage the retry policy retries; the next unit of work gets a new one.
-    sessions = create_session_factory(bounded)
     with pytest.raises(DependencyUnavailable):
-        async with SqlAlchemyUnitOfWork(sessions) as uow:
+        async with SqlAlchemyUnitOfWork(bounded) as uow:
             await uow.coupons.get_many(["ANY"])
     assert await backend_pid(bounded) != dead

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tests.support.database import create_database, drop_database
 from tests.support.services import Services
 from worker.db import migrations
-from worker.db.tables import Base
+from worker.db.tables import metadata
 
 # Catalog queries: fixed text, nothing interpolated.
 TABLES = text(
@@ -63,7 +63,7 @@ async def rows(engine: AsyncEngine, query: Any) -> list[tuple[Any, ...]]:
 async def model_differences(engine: AsyncEngine) -> list[Any]:
     def compare(connection: Connection) -> list[Any]:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        return list(compare_metadata(context, Base.metadata))
+        return list(compare_metadata(context, metadata))
 
     async with engine.connect() as connection:
         return await connection.run_sync(compare)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.commands import COMMANDS, Command, CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.identity import coupon_id
@@ -28,9 +28,10 @@ from tests.support.storage import Storage
 from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import Envelope, Pipeline
-from worker.app.ports import ForwardingUnitOfWork, ProcessedCommands, UnitOfWork
+from worker.app.ports import ForwardingUnitOfWork, UnitOfWork
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.handlers import handle
+from worker.domain.model import Coupon
 from worker.testing.faults import FaultPlan, InjectedFault
 from worker.testing.injection import FaultInjection
 
@@ -155,47 +156,35 @@ async def test_a_failure_anywhere_in_the_batch_commits_nothing(
     assert storage.commits() == commits
 
 
-class _GatedOutcomes:
-    """Stored outcomes, looked up; then it waits at `gate`, where another delivery overtakes."""
-
-    def __init__(
-        self, inner: ProcessedCommands, looked_up: asyncio.Event, gate: asyncio.Event
-    ) -> None:
-        self._inner, self._looked_up, self._gate = inner, looked_up, gate
-
-    async def outcomes(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
-        found = await self._inner.outcomes(message_ids)
-        self._looked_up.set()
-        await asyncio.wait_for(self._gate.wait(), 30)
-        return found
-
-    async def record(self, outcomes: Sequence[Outcome]) -> bool:
-        return await self._inner.record(outcomes)
-
-
 class Overtaken(ForwardingUnitOfWork):
-    """A unit of work whose stored-outcome lookup another delivery overtakes."""
+    """A unit of work that, once its batch is loaded (stored outcomes looked up, coupons
+    locked), waits at `gate`: another delivery overtakes it right there."""
 
     def __init__(self, inner: UnitOfWork, looked_up: asyncio.Event, gate: asyncio.Event) -> None:
         super().__init__(inner)
         self._looked_up, self._gate = looked_up, gate
 
-    @property
-    def processed(self) -> ProcessedCommands:
-        return _GatedOutcomes(self._inner.processed, self._looked_up, self._gate)
+    async def load_batch(
+        self, message_ids: Sequence[str], codes: Collection[str]
+    ) -> tuple[dict[str, Outcome], dict[str, Coupon]]:
+        found = await super().load_batch(message_ids, codes)
+        self._looked_up.set()
+        await asyncio.wait_for(self._gate.wait(), 30)
+        return found
 
 
 @pytest.mark.timeout(60)
 async def test_a_concurrent_delivery_that_committed_first_rolls_the_batch_back(
     storage: Storage,
 ) -> None:
+    # The overtaking command needs no row the late batch holds locked (a batch locks the
+    # coupons it names as it loads them): a create of a code that does not exist yet.
     plain = pipeline(storage)
-    await plain.process([Envelope("create", CreateCoupon(code="TWICE", init_count=5))])
     looked_up, gate = asyncio.Event(), asyncio.Event()
     late = Pipeline(lambda: Overtaken(storage.unit_of_work(), looked_up, gate), clock=lambda: NOW)
     batch = [
         Envelope("other", CreateCoupon(code="OTHER", init_count=1)),
-        Envelope("dup", RedeemCoupon(code="TWICE")),
+        Envelope("dup", CreateCoupon(code="TWICE", init_count=5)),
     ]
 
     # The late delivery finds no stored outcome for `dup`, then another one commits it first.
@@ -207,16 +196,15 @@ async def test_a_concurrent_delivery_that_committed_first_rolls_the_batch_back(
         await asyncio.wait_for(overtaken, 30)
     coupons = await storage.committed_coupons()
     assert set(coupons) == {"TWICE"}, "the losing batch must not commit its effects"
-    assert coupons["TWICE"].remaining_count == 4
-    assert await storage.committed_commands() == {"create", "dup"}
+    assert await storage.committed_commands() == {"dup"}
 
     # The retry answers `dup` from the winner's outcome and applies only the rest.
     outcomes = await late.process(batch)
     assert outcomes[1] == first
     assert outcomes[1].event_message_id == first.event_message_id
     coupons = await storage.committed_coupons()
-    assert (set(coupons), coupons["TWICE"].remaining_count) == ({"TWICE", "OTHER"}, 4)
-    assert await storage.committed_commands() == {"create", "dup", "other"}
+    assert (set(coupons), coupons["TWICE"].remaining_count) == ({"TWICE", "OTHER"}, 5)
+    assert await storage.committed_commands() == {"dup", "other"}
 
 
 async def test_every_oracle_case_one_by_one_and_as_one_batch(storage: Storage) -> None:
@@ -320,9 +308,9 @@ async def test_a_batch_has_exactly_the_outcomes_of_its_commands_one_by_one_on_po
 
 @pytest.mark.parametrize("size", [1, 10, 120])
 async def test_a_batch_costs_the_same_statements_whatever_its_size(
-    sessions: async_sessionmaker[AsyncSession], db: AsyncEngine, size: int
+    db: AsyncEngine, size: int
 ) -> None:
-    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(sessions))
+    pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(db))
     await pipeline.process(
         [Envelope(f"old-{i}", CreateCoupon(code=f"OLD-{i}", init_count=5)) for i in range(size)]
     )
@@ -335,28 +323,38 @@ async def test_a_batch_costs_the_same_statements_whatever_its_size(
     with executions(db) as sent:
         outcomes = await pipeline.process(batch)
     assert len(outcomes) == 4 * size
-    kinds = [sql.split()[0] for sql in sent]
-    # stored outcomes, lock and load, new coupons, redemptions, outcome rows, commit
-    assert kinds == ["SELECT", "SELECT", "INSERT", "UPDATE", "INSERT", "COMMIT"], sent
+    # BEGIN; stored outcomes with the coupons locked; new coupons, redemptions and outcome
+    # rows in one statement; COMMIT.
+    begin, load, write, commit = sent
+    assert (begin, commit) == ("BEGIN", "COMMIT"), sent
+    assert load.startswith("WITH locked AS (SELECT") and "FOR UPDATE" in load, load
+    assert "FROM processed_command" in load, load
+    for writes in ("INSERT INTO coupon ", "UPDATE coupon SET", "INSERT INTO processed_command"):
+        assert writes in write, write
     granted = [o for o in outcomes[2 * size :][:size] if o.routing_key == "coupon.redeemed"]
     assert len(granted) == min(size, 4), "the hot coupon grants as many as remain"
 
 
 @contextmanager
 def executions(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The SQL (and the COMMIT) the engine sends while the block runs."""
+    """The SQL (and the BEGIN and COMMIT) the engine sends while the block runs."""
     seen: list[str] = []
 
     def statement(*args: Any) -> None:
         seen.append(" ".join(str(args[2]).split()))
 
+    def begin(*args: Any) -> None:
+        seen.append("BEGIN")
+
     def commit(*args: Any) -> None:
         seen.append("COMMIT")
 
+    event.listen(engine.sync_engine, "begin", begin)
     event.listen(engine.sync_engine, "before_cursor_execute", statement)
     event.listen(engine.sync_engine, "commit", commit)
     try:
         yield seen
     finally:
+        event.remove(engine.sync_engine, "begin", begin)
         event.remove(engine.sync_engine, "before_cursor_execute", statement)
         event.remove(engine.sync_engine, "commit", commit)

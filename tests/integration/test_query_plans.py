@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tests.support.database import create_database, drop_database
 from worker.db import migrations
-from worker.db.engine import create_engine, create_session_factory
+from worker.db.engine import create_engine
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.settings import Settings
 
@@ -55,8 +55,8 @@ SEQUENTIAL_SCANS = text(
 async def sequential_scans_of_one_lookup(engine: AsyncEngine, keys: list[str]) -> int:
     """Sequential scans of processed_command made by one `select_by_keys` (the backend's own
     counters, read before and after it: nothing else on the server adds to them)."""
-    async with SqlAlchemyUnitOfWork(create_session_factory(engine)) as uow:
-        connection = await uow.processed.session.connection()
+    async with SqlAlchemyUnitOfWork(engine) as uow:
+        connection = uow.processed.connection
         before = int((await connection.execute(SEQUENTIAL_SCANS)).scalar_one())
         found = await uow.processed.outcomes(keys)
         after = int((await connection.execute(SEQUENTIAL_SCANS)).scalar_one())

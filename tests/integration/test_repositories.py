@@ -14,20 +14,18 @@ from typing import Any
 import pytest
 from sqlalchemy import event, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.database import truncate
 from worker.app.outcomes import Outcome
+from worker.db import tables
 from worker.db.repositories import CouponsRepository, ProcessedCommandsRepository
-from worker.db.tables import Coupon
 from worker.domain import model
 
-Sessions = async_sessionmaker[AsyncSession]
 
-
-async def committed_coupons(sessions: Sessions, *coupons: model.Coupon) -> None:
-    async with sessions() as session, session.begin():
-        await CouponsRepository(session).create_many(coupons)
+async def committed_coupons(db: AsyncEngine, *coupons: model.Coupon) -> None:
+    async with db.begin() as connection:
+        await CouponsRepository(connection).create_many(coupons)
 
 
 def coupon(code: str, init_count: int) -> model.Coupon:
@@ -61,14 +59,13 @@ def executions(engine: AsyncEngine) -> Iterator[list[tuple[str, object]]]:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
-async def run_each_batch_method(
-    sessions: Sessions, db: AsyncEngine, size: int
-) -> dict[str, list[tuple[str, object]]]:
+async def run_each_batch_method(db: AsyncEngine, size: int) -> dict[str, list[tuple[str, object]]]:
     """Every batch method once on `size` rows: what each sent to the database."""
     codes = [f"SIZE-{size}-{i}" for i in range(size)]
     sent: dict[str, list[tuple[str, object]]] = {}
-    async with sessions() as session, session.begin():
-        coupons, processed = CouponsRepository(session), ProcessedCommandsRepository(session)
+    async with db.begin() as connection:
+        coupons = CouponsRepository(connection)
+        processed = ProcessedCommandsRepository(connection)
         await coupons.get_many(["warm"])  # the connection is checked out before we listen
         calls: dict[str, Callable[[], Awaitable[object]]] = {
             "create_many": lambda: coupons.create_many([coupon(c, 3) for c in codes]),
@@ -81,18 +78,18 @@ async def run_each_batch_method(
         for name, call in calls.items():
             with executions(db) as sent[name]:
                 await call()
-    async with sessions() as session:
-        left = await CouponsRepository(session).get_many(codes)
+    async with db.connect() as connection:
+        left = await CouponsRepository(connection).get_many(codes)
     assert [c.remaining_count for c in left.values()] == [1] * size
     return sent
 
 
 async def test_each_batch_method_is_one_statement_of_one_compiled_text_whatever_the_size(
-    sessions: Sessions, db: AsyncEngine
+    db: AsyncEngine,
 ) -> None:
     seen: dict[str, set[tuple[str, object]]] = {}
     for size in (1, 7, 200):
-        for name, sent in (await run_each_batch_method(sessions, db, size)).items():
+        for name, sent in (await run_each_batch_method(db, size)).items():
             assert len(sent) == 1, (name, size, sent)
             seen.setdefault(name, set()).add(sent[0])
     # The same SQL text (asyncpg prepares it once per connection) and the very same compiled
@@ -102,12 +99,10 @@ async def test_each_batch_method_is_one_statement_of_one_compiled_text_whatever_
         assert len(texts) == 1, (name, texts)
 
 
-async def test_the_redeem_is_guarded_in_sql_and_locks_in_code_order(
-    sessions: Sessions, db: AsyncEngine
-) -> None:
-    await committed_coupons(sessions, coupon("ONE", 2))
-    async with sessions() as session, session.begin():
-        repository = CouponsRepository(session)
+async def test_the_redeem_is_guarded_in_sql_and_locks_in_code_order(db: AsyncEngine) -> None:
+    await committed_coupons(db, coupon("ONE", 2))
+    async with db.begin() as connection:
+        repository = CouponsRepository(connection)
         with executions(db) as sent:
             await repository.lock_many(["ONE"])
             await repository.redeem_many({"ONE": 2})
@@ -119,13 +114,13 @@ async def test_the_redeem_is_guarded_in_sql_and_locks_in_code_order(
 
 
 async def test_a_message_id_too_long_for_its_column_is_refused_not_truncated(
-    sessions: Sessions,
+    db: AsyncEngine,
 ) -> None:
     with pytest.raises(DBAPIError, match="too long"):
-        async with sessions() as session, session.begin():
-            await ProcessedCommandsRepository(session).record([outcome("m" * 256)])
-    async with sessions() as session:
-        assert await ProcessedCommandsRepository(session).outcomes(["m" * 255]) == {}
+        async with db.begin() as connection:
+            await ProcessedCommandsRepository(connection).record([outcome("m" * 256)])
+    async with db.connect() as connection:
+        assert await ProcessedCommandsRepository(connection).outcomes(["m" * 255]) == {}
 
 
 @pytest.mark.parametrize(
@@ -141,28 +136,38 @@ async def test_check_constraints_reject_bad_rows(
 ) -> None:
     with pytest.raises(IntegrityError) as raised:
         async with db.begin() as connection:
-            await connection.execute(insert(Coupon).values(id=uuid.uuid4(), code="BAD", **values))
+            await connection.execute(
+                insert(tables.coupon).values(id=uuid.uuid4(), code="BAD", **values)
+            )
     assert constraint in str(raised.value)
 
 
 @pytest.mark.parametrize(
     ("change", "constraint"),
     [
-        ({"remaining_count": Coupon.remaining_count - 6}, "ck_coupon_remaining_count_not_negative"),
-        ({"remaining_count": Coupon.init_count + 1}, "ck_coupon_remaining_count_at_most_init"),
+        (
+            {"remaining_count": tables.coupon.c.remaining_count - 6},
+            "ck_coupon_remaining_count_not_negative",
+        ),
+        (
+            {"remaining_count": tables.coupon.c.init_count + 1},
+            "ck_coupon_remaining_count_at_most_init",
+        ),
     ],
 )
 async def test_check_constraints_reject_bad_updates(
-    sessions: Sessions, db: AsyncEngine, change: dict[str, Any], constraint: str
+    db: AsyncEngine, change: dict[str, Any], constraint: str
 ) -> None:
-    await committed_coupons(sessions, coupon("GUARDED", 5))
+    await committed_coupons(db, coupon("GUARDED", 5))
     with pytest.raises(IntegrityError) as raised:
         async with db.begin() as connection:
-            await connection.execute(update(Coupon).where(Coupon.code == "GUARDED").values(change))
+            await connection.execute(
+                update(tables.coupon).where(tables.coupon.c.code == "GUARDED").values(change)
+            )
     assert constraint in str(raised.value)
     async with db.connect() as connection:
         remaining = await connection.scalar(
-            select(Coupon.remaining_count).where(Coupon.code == "GUARDED")
+            select(tables.coupon.c.remaining_count).where(tables.coupon.c.code == "GUARDED")
         )
     assert remaining == 5
 
@@ -170,15 +175,15 @@ async def test_check_constraints_reject_bad_updates(
 async def test_the_unique_code_is_enforced_by_the_database(db: AsyncEngine) -> None:
     row = {"code": "UNIQUE", "init_count": 1, "remaining_count": 1}
     async with db.begin() as connection:
-        await connection.execute(insert(Coupon).values(id=uuid.uuid4(), **row))
+        await connection.execute(insert(tables.coupon).values(id=uuid.uuid4(), **row))
     with pytest.raises(IntegrityError) as raised:
         async with db.begin() as connection:
-            await connection.execute(insert(Coupon).values(id=uuid.uuid4(), **row))
+            await connection.execute(insert(tables.coupon).values(id=uuid.uuid4(), **row))
     assert "uq_coupon_code" in str(raised.value)
 
 
-async def test_truncate_helper_leaves_empty_tables(db: AsyncEngine, sessions: Sessions) -> None:
-    await committed_coupons(sessions, coupon("GONE", 1))
+async def test_truncate_helper_leaves_empty_tables(db: AsyncEngine) -> None:
+    await committed_coupons(db, coupon("GONE", 1))
     await truncate(db)
-    async with sessions() as session:
-        assert await CouponsRepository(session).get_many(["GONE"]) == {}
+    async with db.connect() as connection:
+        assert await CouponsRepository(connection).get_many(["GONE"]) == {}

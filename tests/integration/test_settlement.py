@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from contracts import CreateCoupon
+from contracts.names import Topology
 from tests.support.broker import Broker
 from tests.support.in_process import Channels, channels
 from worker.app.outcomes import Outcome
 from worker.messaging.batches import answer, dead_letter
-from worker.messaging.publisher import ChannelLost
+from worker.messaging.publisher import ChannelLost, Publisher
 from worker.messaging.settlement import AlreadySettled, Fate, Settlement
 from worker.settings import Settings
 
@@ -196,3 +198,31 @@ async def test_a_dead_letter_is_confirmed_then_acknowledged(
     assert (dead.headers or {}).get("x-error") == "InvalidCommand"
     assert await opened.queue.get(no_ack=False, fail=False, timeout=1) is None
     assert settlement.unsettled == 0
+
+
+async def test_confirm_waits_leave_nothing_attached_to_the_channels(
+    broker: Broker, opened: Channels, settings: Settings
+) -> None:
+    """Each confirm wait watches its channels close through aiormq's `closing`: an observer
+    that stays attached to the channel's own closing future until the observer is done. The
+    publisher ends its observers after every batch; left attached, one per batch piled up for
+    as long as the channel lived (the soak's RSS climb, issue 22)."""
+    events = await opened.connection.channel(publisher_confirms=True)
+    dead = await opened.connection.channel(publisher_confirms=True, on_return_raises=True)
+    publisher = Publisher(events, dead, Topology(settings.name_prefix), settings.publish_timeout)
+    await publisher.start()
+    # aiormq's channels, typed loosely: the test reads their private state.
+    underlays: list[Any] = [await channel.get_underlay_channel() for channel in (events, dead)]
+
+    def attached() -> int:
+        # What the observers hang on: each channel's own closing future's callbacks.
+        return sum(len(underlay._closing._callbacks or ()) for underlay in underlays)
+
+    message = await delivered(broker, opened, "observed")
+    before = attached()
+    for _ in range(20):
+        await publisher.publish_outcomes([(message, outcome_of(message))])
+        await publisher.dead_letter(message, "InvalidCommand", "the reason", "InvalidCommand")
+    await asyncio.sleep(0)  # an observer detaches in its done callback, run by the loop
+    assert attached() == before
+    await message.ack()

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import make_url, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.services import Services
 from worker.addresses import redact_url
@@ -126,7 +126,6 @@ async def test_a_demoted_primary_is_an_outage_and_its_connections_are_dropped(
     settings: Settings, db: AsyncEngine
 ) -> None:
     engine = create_engine(settings.model_copy(update={"db_pool_size": 1}))
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
     try:
         # The one pooled connection turns read-only, as every session of a primary that a
         # failover demoted to a standby does.
@@ -137,14 +136,14 @@ async def test_a_demoted_primary_is_an_outage_and_its_connections_are_dropped(
 
         # A read-only node must be waited out (DependencyUnavailable), not failed.
         with pytest.raises(DependencyUnavailable):
-            async with SqlAlchemyUnitOfWork(sessions) as uow:
+            async with SqlAlchemyUnitOfWork(engine) as uow:
                 await uow.coupons.create_many([_coupon("DEMOTED")])
                 await uow.commit()
 
-        async with sessions() as session:
-            pid = await session.scalar(text("SELECT pg_backend_pid()"))
+        async with engine.connect() as connection:
+            pid = await connection.scalar(text("SELECT pg_backend_pid()"))
         assert pid != demoted_pid, "the pool handed out the demoted connection again"
-        async with SqlAlchemyUnitOfWork(sessions) as uow:
+        async with SqlAlchemyUnitOfWork(engine) as uow:
             await uow.coupons.create_many([_coupon("PROMOTED")])
             await uow.commit()
     finally:

@@ -147,7 +147,7 @@ async def test_a_traced_command_yields_spans_of_its_trace_and_an_event_carrying_
     assert statements and all(s.kind is SpanKind.CLIENT for s in statements), statements
     assert all((s.attributes or {}).get("db.system") == "postgresql" for s in statements)
     written = [str((s.attributes or {}).get("db.statement", "")) for s in statements]
-    assert any(text.startswith("INSERT INTO coupon") for text in written), written
+    assert any("INSERT INTO coupon " in text for text in written), written  # in WRITE_ALL
     producer = [s for s in spans if s.parent and s.parent.span_id == publish.context.span_id]
     assert producer and all(s.kind is SpanKind.PRODUCER for s in producer)
     # The event's traceparent is the worker's publish span: consumers continue from there.

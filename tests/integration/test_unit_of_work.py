@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.app.failures import (
     DependencyUnavailable,
@@ -16,8 +16,6 @@ from worker.app.failures import (
     TransientFailure,
 )
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
-
-Sessions = async_sessionmaker[AsyncSession]
 
 
 def _raising(sqlstate: str) -> str:
@@ -36,17 +34,17 @@ def _raising(sqlstate: str) -> str:
     ],
 )
 async def test_transient_database_errors_become_transient_failures(
-    sessions: Sessions, statement: str, kind: type[TransientFailure]
+    db: AsyncEngine, statement: str, kind: type[TransientFailure]
 ) -> None:
     with pytest.raises(TransientFailure) as raised:
-        async with SqlAlchemyUnitOfWork(sessions) as uow:
-            await uow.coupons.session.execute(text(statement))
+        async with SqlAlchemyUnitOfWork(db) as uow:
+            await uow.coupons.connection.execute(text(statement))
     assert type(raised.value) is kind
 
 
-async def test_other_database_errors_stay_what_they_are(sessions: Sessions) -> None:
+async def test_other_database_errors_stay_what_they_are(db: AsyncEngine) -> None:
     with pytest.raises(DBAPIError) as raised:
-        async with SqlAlchemyUnitOfWork(sessions) as uow:
-            await uow.coupons.session.execute(text("SELECT 1 / 0"))
+        async with SqlAlchemyUnitOfWork(db) as uow:
+            await uow.coupons.connection.execute(text("SELECT 1 / 0"))
     assert not isinstance(raised.value, TransientFailure)
     assert "division by zero" in str(raised.value)

@@ -64,7 +64,7 @@ from contracts.messages import command_message
 from tests.support import figures
 from tests.support.broker import Broker, Collected
 from tests.support.oracle import check_outcomes
-from worker.db.tables import Coupon, ProcessedCommand
+from worker.db import tables
 
 
 class Expect(StrEnum):
@@ -359,15 +359,20 @@ class Ledger:
         async with engine.connect() as connection:
             coupon_rows = (
                 await connection.execute(
-                    select(Coupon.id, Coupon.code, Coupon.init_count, Coupon.remaining_count)
+                    select(
+                        tables.coupon.c.id,
+                        tables.coupon.c.code,
+                        tables.coupon.c.init_count,
+                        tables.coupon.c.remaining_count,
+                    )
                 )
             ).all()
             processed_rows = (
                 await connection.execute(
                     select(
-                        ProcessedCommand.message_id,
-                        ProcessedCommand.outcome_type,
-                        ProcessedCommand.outcome_body,
+                        tables.processed_command.c.message_id,
+                        tables.processed_command.c.outcome_type,
+                        tables.processed_command.c.outcome_body,
                     )
                 )
             ).all()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.fakes import FakeDatabase, FakeUnitOfWork
 from tests.support.database import truncate
@@ -76,9 +76,7 @@ BLOCKED_ON_A_LOCK = text(
 
 
 @contextmanager
-def postgresql_storage(
-    sessions: async_sessionmaker[AsyncSession], db: AsyncEngine
-) -> Iterator[Storage]:
+def postgresql_storage(db: AsyncEngine) -> Iterator[Storage]:
     """The worker's unit of work on the test session's database (emptied by the `db` fixture);
     commits are counted while the block runs."""
     committed = 0
@@ -109,7 +107,7 @@ def postgresql_storage(
     try:
         yield Storage(
             "postgresql",
-            lambda: SqlAlchemyUnitOfWork(sessions),
+            lambda: SqlAlchemyUnitOfWork(db),
             coupons,
             commands,
             lambda: committed,

@@ -1,10 +1,10 @@
-"""dedupe → lock and load → handle in memory → write → record → commit. No broker code here.
+"""dedupe and lock-and-load → handle in memory → write and record → commit. No broker code.
 
 `process(batch)` takes decoded commands and returns one outcome per command, in order. The
 whole batch is one unit of work: its effects and its outcomes commit together, or not at all.
-A batch costs the same few statements whatever its size: look up stored outcomes, lock and load
-the coupons it names, apply the commands to them in memory in arrival order (the handlers),
-insert the new coupons, take the redemptions, record the outcomes, commit.
+A batch costs the same two statements whatever its size: look up stored outcomes while locking
+and loading the coupons it names, apply the commands to them in memory in arrival order (the
+handlers), then insert the new coupons, take the redemptions and record the outcomes; commit.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Protocol
 
 from contracts.commands import Command, GetCoupon
 from contracts.events import Event
-from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
 from worker.app.ports import UnitOfWork
 from worker.domain import handlers
@@ -57,16 +56,12 @@ class Pipeline:
         """
         # Reads are naturally idempotent: `coupon.get` is answered fresh and not recorded.
         writes = list(dict.fromkeys(e.message_id for e in batch if not _is_read(e.command)))
+        touched = {envelope.command.code for envelope in batch}
         async with self._unit_of_work() as uow:
-            results = await uow.processed.outcomes(writes)
-            # What the batch must apply: every read (answered fresh, as if alone), and each
-            # write whose message_id has no stored outcome (its duplicates share its outcome).
-            todo = [e for e in batch if _is_read(e.command) or e.message_id not in results]
-            touched = {envelope.command.code for envelope in todo}
-            if any(not _is_read(envelope.command) for envelope in todo):
-                loaded = await uow.coupons.lock_many(touched)  # one global lock order
+            if writes:  # stored outcomes, and the coupons locked in one global lock order
+                results, loaded = await uow.load_batch(writes, touched)
             else:
-                loaded = await uow.coupons.get_many(touched)
+                results, loaded = {}, await uow.coupons.get_many(touched)
             coupons = WorkingSet(loaded)
             outcomes: list[Outcome] = []
             fresh: list[Outcome] = []
@@ -81,12 +76,7 @@ class Pipeline:
                 if outcome.broadcast:
                     results[envelope.message_id] = outcome
                     fresh.append(outcome)
-            await uow.coupons.create_many(coupons.created)
-            await uow.coupons.redeem_many(coupons.taken)
-            if not await uow.processed.record(fresh):
-                raise TransactionConflict(
-                    "a concurrent delivery of the same command committed first"
-                )
+            await uow.write_batch(coupons.created, coupons.taken, fresh)
             await uow.commit()
         return outcomes
 

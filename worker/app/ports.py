@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
+from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
 from worker.domain.model import Coupon
 
@@ -61,6 +62,20 @@ class UnitOfWork(Protocol):
     @property
     def processed(self) -> ProcessedCommands: ...
 
+    async def load_batch(
+        self, message_ids: Sequence[str], codes: Collection[str]
+    ) -> tuple[dict[str, Outcome], dict[str, Coupon]]:
+        """`processed.outcomes(message_ids)` and `coupons.lock_many(codes)` together (on
+        PostgreSQL one statement, one round trip): what a batch of writes starts with."""
+
+    async def write_batch(
+        self, created: Sequence[Coupon], taken: Mapping[str, int], outcomes: Sequence[Outcome]
+    ) -> None:
+        """`coupons.create_many(created)`, `coupons.redeem_many(taken)` and
+        `processed.record(outcomes)` together (on PostgreSQL one statement, one round trip):
+        what a batch ends with. `TransactionConflict` where any of them conflicts (a record
+        that would return False included): the caller rolls back and tries again."""
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
@@ -72,6 +87,30 @@ class UnitOfWork(Protocol):
         """Roll back whatever was not committed."""
 
     async def commit(self) -> None: ...
+
+
+async def load_stepwise(
+    uow: UnitOfWork, message_ids: Sequence[str], codes: Collection[str]
+) -> tuple[dict[str, Outcome], dict[str, Coupon]]:
+    """`UnitOfWork.load_batch` as the two repository calls it stands for, one after the other
+    (for a storage with no faster way)."""
+    return await uow.processed.outcomes(message_ids), await uow.coupons.lock_many(codes)
+
+
+async def write_stepwise(
+    uow: UnitOfWork,
+    created: Sequence[Coupon],
+    taken: Mapping[str, int],
+    outcomes: Sequence[Outcome],
+) -> None:
+    """`UnitOfWork.write_batch` as the three repository calls it stands for."""
+    await uow.coupons.create_many(created)
+    await uow.coupons.redeem_many(taken)
+    if not await uow.processed.record(outcomes):
+        raise TransactionConflict(ALREADY_RECORDED)
+
+
+ALREADY_RECORDED = "a concurrent delivery of the same command committed first"
 
 
 class ForwardingUnitOfWork:
@@ -88,6 +127,16 @@ class ForwardingUnitOfWork:
     @property
     def processed(self) -> ProcessedCommands:
         return self._inner.processed
+
+    async def load_batch(
+        self, message_ids: Sequence[str], codes: Collection[str]
+    ) -> tuple[dict[str, Outcome], dict[str, Coupon]]:
+        return await self._inner.load_batch(message_ids, codes)
+
+    async def write_batch(
+        self, created: Sequence[Coupon], taken: Mapping[str, int], outcomes: Sequence[Outcome]
+    ) -> None:
+        await self._inner.write_batch(created, taken, outcomes)
 
     async def __aenter__(self) -> Self:
         await self._inner.__aenter__()

@@ -1,4 +1,4 @@
-"""Engine and session factory, built from settings by the composition root.
+"""The engine, built from settings by the composition root.
 
 Bounds on a database that went silent (a partition or a frozen VM closes no socket), each
 fitted to what it waits for rather than one blanket timeout:
@@ -23,12 +23,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import InvalidatePoolError
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from worker.db.transience import is_demoted_primary
@@ -116,10 +111,6 @@ def _unusable_connection_is_a_disconnect(context: ExceptionContext) -> None:
     error = context.original_exception
     if isinstance(error, TimeoutError) or is_demoted_primary(error):
         context.is_disconnect = True
-
-
-def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 @asynccontextmanager

@@ -1,215 +1,282 @@
-"""Repositories over one AsyncSession, a set of rows per statement. They never commit: the
-unit of work does.
+"""The two repositories, over the unit of work's `AsyncConnection`, a set of rows per statement.
+They never commit: the unit of work does.
 
-Every statement here has the same SQL text whatever the number of rows it touches: keys and
-values travel as array parameters (`= ANY(:keys)`, `unnest(:a, :b, ...)`) rather than as one
-placeholder per row, so each is compiled by SQLAlchemy once per process and prepared by asyncpg
-once per connection, and a batch costs the same few statements whether it holds 1 or 500
-commands. They run on the session's connection as Core statements: no ORM objects are built.
+Each statement is a named module constant, built once at import. Every one has the same SQL
+text whatever the number of rows it touches: keys and values travel as array parameters
+(`= ANY(:codes)`, `unnest(:a, :b, ...)`) rather than as one placeholder per row, so each is
+compiled by SQLAlchemy once per process and prepared by asyncpg once per connection, and a batch
+costs the same few statements whether it holds 1 or 500 commands.
+
+Lock order: coupons are selected `FOR UPDATE` ordered by code, and new rows are inserted in key
+order (unique-index entries too are taken in one global order), so concurrent batches that share
+coupons queue behind each other and never deadlock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import (
     Integer,
     Row,
-    Select,
     String,
     any_,
     bindparam,
+    cast,
     column,
     delete,
     func,
-    lambda_stmt,
+    null,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
-from sqlalchemy.sql.lambdas import StatementLambdaElement
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
-from worker.db.tables import Base, Coupon, ProcessedCommand
-from worker.domain import model
+from worker.app.ports import ALREADY_RECORDED
+from worker.db.tables import coupon, processed_command
+from worker.domain.model import Coupon
 
 
-def _array_of(element: TypeEngine[Any]) -> ARRAY[Any]:
-    """An array parameter of a column's type. Strings go as unbounded `VARCHAR[]`: a cast to
-    `VARCHAR(n)[]` would silently truncate a longer value, where an insert of it must fail."""
-    return ARRAY(String() if isinstance(element, String) else element)
+def _array(name: str, element: Any) -> Any:
+    """An array parameter. Strings go as unbounded `VARCHAR[]`: a cast to `VARCHAR(n)[]` would
+    silently truncate a longer value, where an insert of it must fail."""
+    return bindparam(name, type_=ARRAY(String() if isinstance(element, String) else element))
 
 
-class BaseRepository:
-    """The rows of one table, addressed by a unique key, fetched and inserted a set at a time.
-
-    A subclass names its mapped class, its key and the columns it reads and writes; the base
-    builds, once per subclass, the two statements every repository here needs:
-    - select by keys: `WHERE key = ANY(:keys) ORDER BY key`, plain or `FOR UPDATE` (the ORDER
-      BY is the lock order: every transaction locks rows in key order, so none can deadlock);
-    - insert new rows: `INSERT ... SELECT * FROM unnest(:col1, :col2, ...) ON CONFLICT (key) DO
-      NOTHING RETURNING key`, rows sent in key order (unique-index entries too are taken in
-      one global order). Which keys came back tells the caller which rows were new.
-    """
-
-    mapped: ClassVar[type[Base]]
-    key: ClassVar[InstrumentedAttribute[Any]]
-    columns: ClassVar[tuple[InstrumentedAttribute[Any], ...]]
-
-    _select: ClassVar[Select[Any]]
-    _select_for_update: ClassVar[Select[Any]]
-    _insert_new: ClassVar[StatementLambdaElement]
-    _key_position: ClassVar[int]
-
-    def __init_subclass__(cls) -> None:
-        super().__init_subclass__()
-        # (Attributes read on the class: on an instance, a mapped attribute wants an entity.)
-        cls._key_position = [c.key for c in cls.columns].index(cls.key.key)
-        keys = bindparam("keys", type_=_array_of(cls.key.type))
-        cls._select = select(*cls.columns).where(cls.key == any_(keys)).order_by(cls.key)
-        cls._select_for_update = cls._select.with_for_update()
-        values = func.unnest(
-            *(bindparam(c.key, type_=_array_of(c.type)) for c in cls.columns)
-        ).table_valued(*(column(c.key, c.type) for c in cls.columns))
-        insert_new = (
-            insert(cls.mapped)
-            .from_select([c.key for c in cls.columns], select(*values.render_derived().c))
-            .on_conflict_do_nothing(index_elements=[cls.key])
-            .returning(cls.key)
-        )
-        # SQLAlchemy 2.0's PostgreSQL `insert()` (the one with ON CONFLICT) has no cache key
-        # (sqlalchemy#10445): compiled anew on every execution, it cost a fifth of the worker's
-        # CPU. A lambda statement is cached on the lambda's code instead, told apart per
-        # repository by `track_on`; the statement has no bound values of its own to track.
-        cls._insert_new = lambda_stmt(
-            lambda: insert_new, track_on=[cls.__qualname__], track_bound_values=False
-        )
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def _execute(self, statement: Any, parameters: Mapping[str, Any]) -> Sequence[Row[Any]]:
-        connection = await self.session.connection()
-        return (await connection.execute(statement, parameters)).all()
-
-    async def select_by_keys(
-        self, keys: Collection[Any], *, for_update: bool = False
-    ) -> Sequence[Row[Any]]:
-        """The rows whose key is among `keys` (the configured columns, in key order)."""
-        if not keys:
-            return []
-        statement = self._select_for_update if for_update else self._select
-        return await self._execute(statement, {"keys": list(keys)})
-
-    async def insert_new(self, rows: Sequence[Sequence[Any]]) -> set[Any]:
-        """Insert the rows (values of the configured columns) whose key is not taken yet; the
-        keys of those inserted. A key taken by a transaction still running waits for its end."""
-        if not rows:
-            return set()
-        position = self._key_position
-        ordered = sorted(rows, key=lambda row: row[position])
-        by_column = {c.key: [row[i] for row in ordered] for i, c in enumerate(self.columns)}
-        return {row[0] for row in await self._execute(self._insert_new, by_column)}
-
-
-class CouponsRepository(BaseRepository):
-    mapped = Coupon
-    key = Coupon.code
-    columns = (Coupon.id, Coupon.code, Coupon.init_count, Coupon.remaining_count)
-
-    # Counters change in SQL, guarded there: `remaining_count >= taken` (the CHECK constraint
-    # backs it), all coupons of a batch in one statement whatever the number of redeems.
-    _taken = (
-        func.unnest(
-            bindparam("codes", type_=ARRAY(String)), bindparam("taken", type_=ARRAY(Integer))
-        )
-        .table_valued(column("code", String), column("taken", Integer))
-        .render_derived("taken")
+def _unnest(prefix: str, columns: Sequence[Any]) -> Any:
+    """`SELECT * FROM unnest(:<prefix>id, :<prefix>code, ...)`: rows from one array per column."""
+    values = func.unnest(*(_array(prefix + c.key, c.type) for c in columns)).table_valued(
+        *(column(c.key, c.type) for c in columns)
     )
-    _redeem = (
-        update(Coupon)
-        .where(Coupon.code == _taken.c.code, Coupon.remaining_count >= _taken.c.taken)
-        .values(remaining_count=Coupon.remaining_count - _taken.c.taken)
-        .returning(Coupon.code)
+    return select(*values.render_derived().c)
+
+
+# --- coupon --------------------------------------------------------------------------------
+
+COUPON_COLUMNS = (coupon.c.id, coupon.c.code, coupon.c.init_count, coupon.c.remaining_count)
+
+SELECT_COUPONS = (
+    select(*COUPON_COLUMNS)
+    .where(coupon.c.code == any_(_array("codes", coupon.c.code.type)))
+    .order_by(coupon.c.code)
+)
+"""The coupons among `:codes`, in code order."""
+
+LOCK_COUPONS = SELECT_COUPONS.with_for_update()
+"""The same, locked in code order until the transaction ends."""
+
+INSERT_COUPONS = (
+    insert(coupon)
+    .from_select([c.key for c in COUPON_COLUMNS], _unnest("new_", COUPON_COLUMNS))
+    .on_conflict_do_nothing(index_elements=[coupon.c.code])
+    .returning(coupon.c.code)
+)
+"""New coupons from `:new_id, :new_code, ...` (sent in code order); the codes inserted. A code
+taken by a transaction still running waits for its end; a taken code is skipped."""
+
+_TAKEN = (
+    func.unnest(_array("taken_codes", String()), _array("taken", Integer()))
+    .table_valued(column("code", String), column("taken", Integer))
+    .render_derived("taken")
+)
+REDEEM_COUPONS = (
+    update(coupon)
+    .where(coupon.c.code == _TAKEN.c.code, coupon.c.remaining_count >= _TAKEN.c.taken)
+    .values(remaining_count=coupon.c.remaining_count - _TAKEN.c.taken, updated_at=func.now())
+    .returning(coupon.c.code)
+)
+"""Take `:taken[i]` from coupon `:taken_codes[i]`, guarded in SQL (`remaining_count >= taken`,
+the CHECK constraint backs it); the codes changed."""
+
+
+# --- processed_command ---------------------------------------------------------------------
+
+OUTCOME_COLUMNS = (
+    processed_command.c.message_id,
+    processed_command.c.command,
+    processed_command.c.outcome_type,
+    processed_command.c.outcome_body,
+    processed_command.c.processed_at,
+)
+
+_STORED = processed_command.c.message_id == any_(
+    _array("message_ids", processed_command.c.message_id.type)
+)
+SELECT_OUTCOMES = select(*OUTCOME_COLUMNS).where(_STORED).order_by(processed_command.c.message_id)
+"""The stored outcomes of the commands among `:message_ids`."""
+
+INSERT_OUTCOMES = (
+    insert(processed_command)
+    .from_select([c.key for c in OUTCOME_COLUMNS], _unnest("", OUTCOME_COLUMNS))
+    .on_conflict_do_nothing(index_elements=[processed_command.c.message_id])
+    .returning(processed_command.c.message_id)
+)
+"""Outcomes from `:message_id, :command, ...` (sent in message_id order); the ones inserted."""
+
+
+# --- both tables, one statement each: a batch's first and last round trip ------------------
+
+
+def _nulls(columns: Sequence[Any]) -> list[Any]:
+    return [cast(null(), c.type).label(c.key) for c in columns]
+
+
+_LOCKED = LOCK_COUPONS.cte("locked")
+LOCK_AND_LOOK_UP = union_all(
+    select(*OUTCOME_COLUMNS, *_nulls(COUPON_COLUMNS)).where(_STORED),
+    select(*_nulls(OUTCOME_COLUMNS), *_LOCKED.c),
+)
+"""`SELECT_OUTCOMES` and `LOCK_COUPONS` in one: rows of stored outcomes (coupon columns null)
+then the locked coupons (outcome columns null), locked in code order as by `LOCK_COUPONS`."""
+
+_WRITTEN = (
+    INSERT_COUPONS.cte("created"),
+    REDEEM_COUPONS.cte("redeemed"),
+    INSERT_OUTCOMES.cte("recorded"),
+)
+WRITE_ALL = select(
+    *(select(func.count()).select_from(cte).scalar_subquery().label(cte.name) for cte in _WRITTEN)
+)
+"""`INSERT_COUPONS`, `REDEEM_COUPONS` and `INSERT_OUTCOMES` in one statement (each a
+data-modifying CTE, run to completion whatever the SELECT reads); how many rows each wrote."""
+
+
+def coupon_rows(coupons: Sequence[Coupon]) -> dict[str, list[Any]]:
+    """`INSERT_COUPONS`'s parameters: one array per column, rows in code order."""
+    ordered = sorted(coupons, key=lambda c: c.code)
+    return {
+        "new_id": [c.id for c in ordered],
+        "new_code": [c.code for c in ordered],
+        "new_init_count": [c.init_count for c in ordered],
+        "new_remaining_count": [c.remaining_count for c in ordered],
+    }
+
+
+def taken_rows(taken: Mapping[str, int]) -> dict[str, list[Any]]:
+    """`REDEEM_COUPONS`'s parameters, in code order."""
+    codes = sorted(taken)
+    return {"taken_codes": codes, "taken": [taken[code] for code in codes]}
+
+
+def outcome_rows(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+    """`INSERT_OUTCOMES`'s parameters: one array per column, rows in message_id order."""
+    ordered = sorted(outcomes, key=lambda o: o.command_message_id)
+    return {
+        "message_id": [o.command_message_id for o in ordered],
+        "command": [o.command for o in ordered],
+        "outcome_type": [o.routing_key for o in ordered],
+        "outcome_body": [o.body.decode() for o in ordered],
+        "processed_at": [o.occurred_at for o in ordered],
+    }
+
+
+def to_coupon(row: Row[Any, Any, Any, Any]) -> Coupon:
+    return Coupon(row.id, row.code, row.init_count, row.remaining_count)
+
+
+def to_outcome(row: Row[Any, Any, Any, Any, Any]) -> Outcome:
+    return Outcome(
+        command_message_id=row.message_id,
+        command=row.command,
+        routing_key=row.outcome_type,
+        body=row.outcome_body.encode(),
+        occurred_at=row.processed_at,
     )
 
-    async def lock_many(self, codes: Collection[str]) -> dict[str, model.Coupon]:
-        return _coupons(await self.select_by_keys(codes, for_update=True))
 
-    async def get_many(self, codes: Collection[str]) -> dict[str, model.Coupon]:
-        return _coupons(await self.select_by_keys(codes))
+class CouponsRepository:
+    """Coupons by code, a batch at a time (`worker.domain.ports.CouponRepository`)."""
 
-    async def create_many(self, coupons: Sequence[model.Coupon]) -> None:
-        rows = [(c.id, c.code, c.init_count, c.remaining_count) for c in coupons]
-        inserted = await self.insert_new(rows)
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+
+    async def lock_many(self, codes: Collection[str]) -> dict[str, Coupon]:
+        return await self._select(LOCK_COUPONS, codes)
+
+    async def get_many(self, codes: Collection[str]) -> dict[str, Coupon]:
+        return await self._select(SELECT_COUPONS, codes)
+
+    async def _select(self, statement: Any, codes: Collection[str]) -> dict[str, Coupon]:
+        if not codes:
+            return {}
+        rows = await self.connection.execute(statement, {"codes": list(codes)})
+        return {row.code: to_coupon(row) for row in rows}
+
+    async def create_many(self, coupons: Sequence[Coupon]) -> None:
+        if not coupons:
+            return
+        inserted = (await self.connection.execute(INSERT_COUPONS, coupon_rows(coupons))).all()
         if len(inserted) != len(coupons):
-            raise TransactionConflict("a concurrent transaction created the same code")
+            raise TransactionConflict(CODE_TAKEN)
 
     async def redeem_many(self, taken: Mapping[str, int]) -> None:
         if not taken:
             return
-        codes = sorted(taken)
-        parameters = {"codes": codes, "taken": [taken[code] for code in codes]}
-        if len(await self._execute(self._redeem, parameters)) != len(codes):
-            raise TransactionConflict("a coupon changed under the batch's lock")
+        changed = (await self.connection.execute(REDEEM_COUPONS, taken_rows(taken))).all()
+        if len(changed) != len(taken):
+            raise TransactionConflict(COUPON_CHANGED)
 
 
-class ProcessedCommandsRepository(BaseRepository):
-    mapped = ProcessedCommand
-    key = ProcessedCommand.message_id
-    columns = (
-        ProcessedCommand.message_id,
-        ProcessedCommand.command,
-        ProcessedCommand.outcome_type,
-        ProcessedCommand.outcome_body,
-        ProcessedCommand.processed_at,
-    )
+class ProcessedCommandsRepository:
+    """Outcomes of applied commands by message_id (`worker.app.ports.ProcessedCommands`)."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
 
     async def outcomes(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
-        return {
-            row.message_id: Outcome(
-                command_message_id=row.message_id,
-                command=row.command,
-                routing_key=row.outcome_type,
-                body=row.outcome_body.encode(),
-                occurred_at=row.processed_at,
-            )
-            for row in await self.select_by_keys(message_ids)
-        }
+        if not message_ids:
+            return {}
+        rows = await self.connection.execute(SELECT_OUTCOMES, {"message_ids": list(message_ids)})
+        return {row.message_id: to_outcome(row) for row in rows}
 
     async def record(self, outcomes: Sequence[Outcome]) -> bool:
-        rows = [
-            (o.command_message_id, o.command, o.routing_key, o.body.decode(), o.occurred_at)
-            for o in outcomes
-        ]
-        return len(await self.insert_new(rows)) == len(outcomes)
+        if not outcomes:
+            return True
+        inserted = (await self.connection.execute(INSERT_OUTCOMES, outcome_rows(outcomes))).all()
+        return len(inserted) == len(outcomes)
 
     async def prune(self, processed_before: datetime, limit: int) -> int:
         """Delete up to `limit` of the oldest rows processed before `processed_before`; returns
         how many went. A command redelivered after its row is gone is applied again."""
-        oldest = (
-            select(ProcessedCommand.message_id)
-            .where(ProcessedCommand.processed_at < processed_before)
-            .order_by(ProcessedCommand.processed_at)
-            .limit(limit)
-            .scalar_subquery()
+        rows = await self.connection.execute(
+            PRUNE, {"processed_before": processed_before, "limit": limit}
         )
-        statement = (
-            delete(ProcessedCommand)
-            .where(ProcessedCommand.message_id.in_(oldest))
-            .returning(ProcessedCommand.message_id)
-        )
-        return len(await self._execute(statement, {}))
+        return len(rows.all())
 
 
-def _coupons(rows: Sequence[Row[Any]]) -> dict[str, model.Coupon]:
-    return {
-        row.code: model.Coupon(row.id, row.code, row.init_count, row.remaining_count)
-        for row in rows
-    }
+_OLDEST = (
+    select(processed_command.c.message_id)
+    .where(processed_command.c.processed_at < bindparam("processed_before"))
+    .order_by(processed_command.c.processed_at)
+    .limit(bindparam("limit"))
+    .scalar_subquery()
+)
+PRUNE = (
+    delete(processed_command)
+    .where(processed_command.c.message_id.in_(_OLDEST))
+    .returning(processed_command.c.message_id)
+)
+"""Delete up to `:limit` of the oldest rows processed before `:processed_before`."""
+
+
+CODE_TAKEN = "a concurrent transaction created the same code"
+COUPON_CHANGED = "a coupon changed under the batch's lock"
+
+
+def conflict(
+    created: Sequence[Coupon], taken: Mapping[str, int], outcomes: Sequence[Outcome], row: Any
+) -> str | None:
+    """What `WRITE_ALL`'s counts say went wrong, if anything (`None`: every row was written)."""
+    if row.created != len(created):
+        return CODE_TAKEN
+    if row.redeemed != len(taken):
+        return COUPON_CHANGED
+    if row.recorded != len(outcomes):
+        return ALREADY_RECORDED
+    return None

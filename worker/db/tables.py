@@ -1,12 +1,26 @@
-"""Declarative base and tables. Alembic owns the schema; `create_all` is for tests only."""
+"""The two tables, as SQLAlchemy Core `Table`s. Alembic owns the schema (migrations/versions);
+`tests/integration/test_migrations.py` checks that these match it. No ORM: the repositories
+run Core statements and build the domain's own `Coupon` from the rows.
+
+`coupon` and `processed_command` name tables; the domain's coupon is
+`worker.domain.model.Coupon`, and nothing in `worker.db` defines another.
+"""
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-
-from sqlalchemy import CheckConstraint, DateTime, Integer, MetaData, String, Text, func
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    func,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -16,38 +30,33 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class Coupon(Base):
-    __tablename__ = "coupon"
-    __table_args__ = (
-        CheckConstraint("init_count >= 1", name="init_count_positive"),
-        CheckConstraint("remaining_count >= 0", name="remaining_count_not_negative"),
-        CheckConstraint("remaining_count <= init_count", name="remaining_count_at_most_init"),
-    )
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    code: Mapped[str] = mapped_column(String(64), unique=True)
-    init_count: Mapped[int] = mapped_column(Integer)
-    remaining_count: Mapped[int] = mapped_column(Integer)
+coupon = Table(
+    "coupon",
+    metadata,
+    Column("code", String(64), nullable=False, unique=True),
+    Column("init_count", Integer, nullable=False),
+    Column("remaining_count", Integer, nullable=False),
+    Column("id", Uuid, primary_key=True),
     # For a person reading the table (when a coupon was made, last redeemed); the worker
-    # neither reads nor needs them. The database fills both, SQLAlchemy's UPDATEs the second.
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
-    )
+    # neither reads nor needs them. The database fills both; the redeem sets the second.
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("init_count >= 1", name="init_count_positive"),
+    CheckConstraint("remaining_count >= 0", name="remaining_count_not_negative"),
+    CheckConstraint("remaining_count <= init_count", name="remaining_count_at_most_init"),
+)
+"""One row per coupon: its code (unique), how many redemptions it started with and has left."""
 
-
-class ProcessedCommand(Base):
-    """One row per applied command: its outcome, answered again on any redelivery."""
-
-    __tablename__ = "processed_command"
-
-    message_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    command: Mapped[str] = mapped_column(String(64))
-    outcome_type: Mapped[str] = mapped_column(String(64))
-    outcome_body: Mapped[str] = mapped_column(Text)
-    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+processed_command = Table(
+    "processed_command",
+    metadata,
+    Column("message_id", String(255), primary_key=True),
+    Column("command", String(64), nullable=False),
+    Column("outcome_type", String(64), nullable=False),
+    Column("outcome_body", Text, nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False),
+    Index(None, "processed_at"),
+)
+"""One row per applied command: its outcome, answered again on any redelivery."""

@@ -28,19 +28,19 @@ async def migrate(settings: Settings, revision: str) -> int:
 
 async def prune(settings: Settings, older_than_days: float, batch_size: int) -> int:
     from worker.db import migrations
-    from worker.db.engine import create_session_factory, database
+    from worker.db.engine import database
     from worker.db.repositories import ProcessedCommandsRepository
     from worker.entrypoints.operator_errors import describe_startup_failure
 
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     deleted = 0
     async with database(settings, admin=True) as engine:
-        sessions = create_session_factory(engine)
         try:
             await migrations.ensure_current(engine)
             while True:
-                async with sessions() as session, session.begin():
-                    batch = await ProcessedCommandsRepository(session).prune(cutoff, batch_size)
+                async with engine.begin() as connection:
+                    processed = ProcessedCommandsRepository(connection)
+                    batch = await processed.prune(cutoff, batch_size)
                 deleted += batch
                 if batch < batch_size:
                     break

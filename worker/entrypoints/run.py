@@ -19,7 +19,7 @@ from contracts.names import Topology
 from worker.addresses import redact_url
 from worker.app.pipeline import Pipeline
 from worker.db import migrations
-from worker.db.engine import create_session_factory, database
+from worker.db.engine import database
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.handlers import HandleCommand, handle
 from worker.entrypoints.operator_errors import describe_startup_failure
@@ -68,11 +68,10 @@ async def _consume(
     faults: FaultPlan,
     redact: Callable[[str], str],
 ) -> int:
-    sessions = create_session_factory(engine)
     # Decorators at the edge: metrics and traces (`instruments`), then fault injection.
     instruments = Instrumentation(topology)
     instruments.database(engine)
-    unit_of_work = instruments.unit_of_work(lambda: SqlAlchemyUnitOfWork(sessions))
+    unit_of_work = instruments.unit_of_work(lambda: SqlAlchemyUnitOfWork(engine))
     handler: HandleCommand = handle
     outlet = Outlet()
     outcomes: OutcomePublisher = instruments.publisher(outlet)

@@ -184,8 +184,14 @@ class Publisher:
             if not published.done():
                 published.cancel()
                 await asyncio.gather(published, return_exceptions=True)
+            lost = any(future.done() for future in closing)
+            for observer in closing:
+                # aiormq's `closing` is an observer that stays attached to the channel until it
+                # is done: left alone, one per batch piled up for as long as the channel lived
+                # (the soak's RSS climb, issue 22).
+                observer.cancel()
         if published.cancelled():
-            if any(future.done() for future in closing):
+            if lost:
                 raise ChannelLost("the channel closed before the broker confirmed")
             raise TimeoutError(f"no confirm from the broker within {self._timeout}s")
         published.result()

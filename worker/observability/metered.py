@@ -5,13 +5,14 @@ stored outcome). Applied by the composition root (`worker.entrypoints.run`) only
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import CommandPipeline, Envelope
-from worker.app.ports import ForwardingUnitOfWork, ProcessedCommands, UnitOfWork
+from worker.app.ports import ForwardingUnitOfWork, UnitOfWork
+from worker.domain.model import Coupon
 from worker.messaging.publisher import OutcomePublisher
 from worker.observability.metrics import Metrics
 
@@ -55,21 +56,6 @@ class MeteredPublisher:
         self._metrics.dead_lettered.labels(error).inc()
 
 
-class _CountedProcessedCommands:
-    def __init__(self, inner: ProcessedCommands, metrics: Metrics) -> None:
-        self._inner = inner
-        self._metrics = metrics
-
-    async def outcomes(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
-        found = await self._inner.outcomes(message_ids)
-        if found:
-            self._metrics.duplicates.inc(len(found))
-        return found
-
-    async def record(self, outcomes: Sequence[Outcome]) -> bool:
-        return await self._inner.record(outcomes)
-
-
 class MeteredUnitOfWork(ForwardingUnitOfWork):
     """Counts the commands answered from their stored outcome."""
 
@@ -77,9 +63,13 @@ class MeteredUnitOfWork(ForwardingUnitOfWork):
         super().__init__(inner)
         self._metrics = metrics
 
-    @property
-    def processed(self) -> ProcessedCommands:
-        return _CountedProcessedCommands(self._inner.processed, self._metrics)
+    async def load_batch(
+        self, message_ids: Sequence[str], codes: Collection[str]
+    ) -> tuple[dict[str, Outcome], dict[str, Coupon]]:
+        found, coupons = await self._inner.load_batch(message_ids, codes)
+        if found:
+            self._metrics.duplicates.inc(len(found))
+        return found, coupons
 
 
 def metered_units_of_work(

@@ -13,7 +13,8 @@ only when a plan is set: no production class knows of faults.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Self
 
@@ -22,12 +23,15 @@ from aio_pika.abc import AbstractIncomingMessage
 from contracts.commands import Command
 from contracts.events import Event
 from worker.app.outcomes import Outcome
-from worker.app.ports import CouponRepository, ForwardingUnitOfWork, UnitOfWork
+from worker.app.ports import ForwardingUnitOfWork, UnitOfWork
 from worker.domain.handlers import HandleCommand
-from worker.domain.model import Coupon
 from worker.domain.working_set import WorkingSet
 from worker.messaging.publisher import OutcomePublisher
 from worker.testing.faults import FaultPlan, FaultPoint
+
+# The codes handled in the current task's `FaultyUnitOfWork` (a batch runs in one task, from
+# its unit of work's entry to its exit).
+_HANDLED: ContextVar[list[str] | None] = ContextVar("fault_injection_handled", default=None)
 
 
 class FaultInjection:
@@ -38,6 +42,8 @@ class FaultInjection:
 
     def handle(self, handle: HandleCommand) -> HandleCommand:
         def faulty(command: Command, coupons: WorkingSet, message_id: str) -> Event:
+            if (handled := _HANDLED.get()) is not None:
+                handled.append(command.code)
             self.plan.hit(FaultPoint.HANDLE, [command.code])
             return handle(command, coupons, message_id)
 
@@ -52,8 +58,8 @@ class FaultInjection:
 
 class FaultyUnitOfWork(ForwardingUnitOfWork):
     """A unit of work that reaches `before_commit` and `after_commit` for the codes handled in
-    it: those the pipeline loads to handle (a command answered from its stored outcome is not
-    loaded again)."""
+    it: those of the commands the handler ran on inside it (`FaultInjection.handle` notes them;
+    a command answered from its stored outcome is not handled again)."""
 
     def __init__(self, inner: UnitOfWork, plan: FaultPlan) -> None:
         super().__init__(inner)
@@ -61,14 +67,11 @@ class FaultyUnitOfWork(ForwardingUnitOfWork):
         self._committed = False
         self.handled: list[str] = []
 
-    @property
-    def coupons(self) -> CouponRepository:
-        return _RecordingCoupons(self._inner.coupons, self.handled)
-
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         self._committed = False
         self.handled.clear()
+        self._noting = _HANDLED.set(self.handled)
         return self
 
     async def __aexit__(
@@ -77,6 +80,7 @@ class FaultyUnitOfWork(ForwardingUnitOfWork):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        _HANDLED.reset(self._noting)
         await super().__aexit__(exc_type, exc, tb)
         if exc is None and self._committed:
             self._plan.hit(FaultPoint.AFTER_COMMIT, self.handled)
@@ -85,28 +89,6 @@ class FaultyUnitOfWork(ForwardingUnitOfWork):
         self._plan.hit(FaultPoint.BEFORE_COMMIT, self.handled)
         await super().commit()
         self._committed = True
-
-
-class _RecordingCoupons:
-    """The coupon repository, noting the codes the pipeline loads to handle."""
-
-    def __init__(self, inner: CouponRepository, handled: list[str]) -> None:
-        self._inner = inner
-        self._handled = handled
-
-    async def lock_many(self, codes: Collection[str]) -> dict[str, Coupon]:
-        self._handled.extend(sorted(codes))
-        return await self._inner.lock_many(codes)
-
-    async def get_many(self, codes: Collection[str]) -> dict[str, Coupon]:
-        self._handled.extend(sorted(codes))
-        return await self._inner.get_many(codes)
-
-    async def create_many(self, coupons: Sequence[Coupon]) -> None:
-        await self._inner.create_many(coupons)
-
-    async def redeem_many(self, taken: Mapping[str, int]) -> None:
-        await self._inner.redeem_many(taken)
 
 
 class FaultyPublisher:

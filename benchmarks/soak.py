@@ -1,0 +1,201 @@
+"""The soak: a million commands through one worker process, its resident memory printed every
+100,000 (issue 22: RSS flat within 10 % from 20,000 to 1,000,000 commands).
+
+    make bench-soak                  # SOAK_ARGS="--commands 200000" for a shorter one
+
+Run once per change of the hot path and stored (`benchmarks/results/soak-<time>.json`), not in
+CI: it takes about ten minutes. Waves of 10,000 like the issue's soak: creates of new codes,
+redeems of codes created earlier, 1 % invalid bodies (dead-lettered), 2 % commands delivered
+twice under one message_id. Each wave is published (confirmed), then answered in full, before
+the next; the worker's RSS is read between waves. A fresh database and broker names of the
+run's own, as in `make bench`; the events go to a counting queue (no outcome is kept here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+from aio_pika.abc import AbstractIncomingMessage
+
+from benchmarks.config import RESULTS_DIR
+from benchmarks.database import BenchmarkFailed, migrate
+from benchmarks.processes import TargetProcess
+from contracts import names
+from contracts.client import to_amqp
+from contracts.commands import CreateCoupon, RedeemCoupon
+from contracts.messages import CommandMessage, command_message
+from tests.support.broker import Broker
+from tests.support.database import create_database, drop_database
+from worker.settings import Settings
+
+WAVE = 10_000
+REPORT_EVERY = 100_000
+PUBLISH_WINDOW = 500
+INVALID = b'{"code": "", "init_count": 0}'
+
+
+class Counter:
+    """Counts the commands the worker answered on the events exchange (by causation id: a
+    command delivered twice counts once)."""
+
+    def __init__(self) -> None:
+        self.answered: set[str] = set()
+        self.changed = asyncio.Event()
+
+    @property
+    def events(self) -> int:
+        return len(self.answered)
+
+    async def on_event(self, message: AbstractIncomingMessage) -> None:
+        causation = (message.headers or {}).get(names.CAUSATION_ID_HEADER)
+        if isinstance(causation, str):
+            self.answered.add(causation)
+        self.changed.set()
+
+    async def wait_for(self, count: int, idle: float, alive: Any) -> None:
+        loop = asyncio.get_running_loop()
+        last_news = loop.time()
+        while self.events < count:
+            if loop.time() - last_news > idle or not alive():
+                raise BenchmarkFailed(f"{self.events} events of {count}: the worker stalled")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), 1.0)
+                last_news = loop.time()
+            except TimeoutError:
+                pass
+
+
+def wave(start: int, rng: random.Random) -> list[CommandMessage | None]:
+    """One wave of commands numbered from `start`: creates of new codes and redeems of codes
+    created earlier; 1 % invalid bodies (`None`), 2 % sent twice under one message_id (the same
+    message twice in the list)."""
+    messages: list[CommandMessage | None] = []
+    for n in range(start, start + WAVE):
+        roll = rng.random()
+        if roll < 0.01:
+            messages.append(None)
+            continue
+        if n % 2 == 0 or start == 0:
+            command: CreateCoupon | RedeemCoupon = CreateCoupon(code=f"SOAK-{n}", init_count=3)
+        else:
+            command = RedeemCoupon(code=f"SOAK-{rng.randrange(0, start, 2)}")
+        message = command_message(command, message_id=str(uuid.uuid4()))
+        messages.extend([message] * (2 if roll > 0.98 else 1))
+    return messages
+
+
+async def publish(broker: Broker, messages: list[CommandMessage | None]) -> None:
+    """Every message of a wave, confirmed, `PUBLISH_WINDOW` at a time."""
+    exchange = await broker.ch.get_exchange(broker.topology.commands_exchange, ensure=False)
+    sends = [
+        broker.send_raw("coupon.create", INVALID)
+        if message is None
+        else exchange.publish(to_amqp(message), message.routing_key, mandatory=True)
+        for message in messages
+    ]
+    for first in range(0, len(sends), PUBLISH_WINDOW):
+        await asyncio.gather(*sends[first : first + PUBLISH_WINDOW])
+
+
+async def soak(amqp_url: str, admin_url: str, commands: int, output: Path) -> dict[str, Any]:
+    prefix = f"soak{uuid.uuid4().hex[:8]}-"
+    broker = Broker(amqp_url, prefix)
+    await broker.open()
+    await broker.declare(Settings.model_validate({"name_prefix": prefix}))
+    database_url = await create_database(admin_url, "coupon_soak")
+    counter = Counter()
+    events = await broker.ch.declare_queue(f"{prefix}soak.events", exclusive=True)
+    await events.bind(broker.topology.events_exchange, routing_key="#")
+    await events.consume(counter.on_event, no_ack=True)
+    log = Path(tempfile.gettempdir()) / f"{output.stem}-worker.log"
+    worker = TargetProcess.worker(
+        {"AMQP_URL": amqp_url, "DATABASE_URL": database_url, "WORKER_NAME_PREFIX": prefix}, log
+    )
+    rows: list[dict[str, Any]] = []
+    try:
+        await migrate(database_url, amqp_url)
+        worker.start()
+        await worker.wait_ready()
+        assert worker.process is not None
+        watched = psutil.Process(worker.process.pid)
+        rng = random.Random(20261205)
+        expected = 0
+        sent = 0
+        started = since = time.perf_counter()
+        while sent < commands:
+            messages = wave(sent, rng)
+            await publish(broker, messages)
+            # The worker answers every valid command once, however often it is delivered.
+            expected += len({m.message_id for m in messages if m is not None})
+            await counter.wait_for(expected, idle=60, alive=worker.running)
+            sent += WAVE
+            if sent in (20_000, WAVE) or sent % REPORT_EVERY == 0:
+                now = time.perf_counter()
+                row = {
+                    "commands": sent,
+                    "rss_mib": round(watched.memory_info().rss / 2**20, 1),
+                    "seconds": round(now - started, 1),
+                    "rate_since_last": round(
+                        (sent - (rows[-1]["commands"] if rows else 0)) / (now - since)
+                    ),
+                }
+                since = now
+                rows.append(row)
+                sys.stdout.write(
+                    f"{sent:>9,} commands  RSS {row['rss_mib']:6.1f} MiB  "
+                    f"{row['rate_since_last']:>5,}/s since the last line\n"
+                )
+                sys.stdout.flush()
+        await worker.stop()
+    finally:
+        worker.kill()
+        await broker.delete_topology()
+        await broker.close()
+        await drop_database(admin_url, database_url)
+    base = next(r for r in rows if r["commands"] >= 20_000)
+    return {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commands": commands,
+        "wave": WAVE,
+        "rows": rows,
+        "rss_growth_from_20000": round(rows[-1]["rss_mib"] / base["rss_mib"], 3),
+        "events": counter.events,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commands", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    if args.commands < 20_000 or args.commands % WAVE:
+        parser.error(f"--commands: 20,000 or more, a multiple of {WAVE:,}")
+    amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    admin_url = os.environ.get(
+        "DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    output = RESULTS_DIR / f"soak-{stamp}.json"
+    result = asyncio.run(soak(amqp_url, admin_url, args.commands, output))
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    growth = result["rss_growth_from_20000"]
+    sys.stdout.write(
+        f"RSS {growth:.2f}x from 20,000 to {args.commands:,} commands "
+        f"({'flat' if growth <= 1.10 else 'growing'}); {output}\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
