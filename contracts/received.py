@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from contracts import names
 from contracts.errors import OUTCOME_ERRORS, CommandFailed, CommandRejected
 from contracts.events import EVENTS, CouponError, Event, InvalidCommandReply
-from contracts.validation import RejectionCode, bounded
+from contracts.validation import RejectionCode, truncated
 
 EventT = TypeVar("EventT", bound=Event)
 
@@ -45,6 +45,7 @@ class ReceivedEvent:
     redelivered: bool = False
 
     def json(self) -> Any:
+        """The body, parsed as JSON."""
         return json.loads(self.body)
 
 
@@ -57,6 +58,7 @@ def read_received(
     headers: Mapping[str, Any] | None = None,
     redelivered: bool = False,
 ) -> ReceivedEvent:
+    """An outcome as received, from plain AMQP fields (see `contracts.amqp.received`)."""
     headers = dict(headers or {})
     causation = headers.get(names.CAUSATION_ID_HEADER)
     return ReceivedEvent(
@@ -72,6 +74,9 @@ def read_received(
 
 
 def read_event(routing_key: str, body: bytes) -> Event | InvalidCommandReply | UnknownEvent:
+    """The event (or `coupon.invalid` reply) `body` is, by its `routing_key`; never raises:
+    what this contract cannot read is an `UnknownEvent` with the reason. Unknown fields are
+    ignored (events may grow)."""
     model: type[Event] | type[InvalidCommandReply] | None
     model = InvalidCommandReply if routing_key == names.INVALID else EVENTS.get(routing_key)
     if model is None:
@@ -79,7 +84,7 @@ def read_event(routing_key: str, body: bytes) -> Event | InvalidCommandReply | U
     try:
         return model.model_validate_json(body)
     except ValidationError as error:
-        reason = f"not a valid {routing_key}: {bounded(str(error), 300)}"
+        reason = f"not a valid {routing_key}: {truncated(str(error), 300)}"
         return UnknownEvent(routing_key, body, reason)
 
 

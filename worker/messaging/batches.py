@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from contracts.validation import InvalidCommand, bounded, decode_command
+from contracts.validation import InvalidCommand, decode_command, truncated
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import BatchProcessor, Envelope
 from worker.logs import message_context
@@ -85,7 +85,7 @@ class BatchHandler:
     async def gave_up(self, item: Item, attempts: int, error: Exception) -> None:
         detail = f"failed {attempts} times, last with {type(error).__name__}: {error}"
         await self._settlement.dead_letter(
-            item[0], PROCESSING_FAILED, self._redact(bounded(detail)), PROCESSING_FAILED
+            item[0], PROCESSING_FAILED, self._redact(truncated(detail)), PROCESSING_FAILED
         )
 
     @contextmanager
