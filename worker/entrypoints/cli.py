@@ -206,7 +206,7 @@ async def _migrate(settings: Settings, revision: str) -> int:
             migration = await migrations.upgrade(engine, revision)
         except Exception as error:
             raise describe_startup_failure(error, settings, "database") from error
-    structlog.stdlib.get_logger("worker").info(
+    structlog.stdlib.get_logger(__name__).info(
         "schema_migrated", from_revision=migration.before, revision=migration.after
     )
     return 0
@@ -246,7 +246,7 @@ async def _prune(settings: Settings, older_than_days: float, batch_size: int) ->
                     break
         except Exception as error:
             raise describe_startup_failure(error, settings, "database") from error
-    structlog.stdlib.get_logger("worker").info(
+    structlog.stdlib.get_logger(__name__).info(
         "processed_commands_pruned", deleted=deleted, processed_before=cutoff.isoformat()
     )
     return 0

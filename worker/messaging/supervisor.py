@@ -31,14 +31,14 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from contracts.names import Topology
 from worker.messaging import topology as broker_topology
-from worker.messaging.connection import bounded, broker_call, ssl_context
+from worker.messaging.connection import broker_call, ssl_context, time_limited
 from worker.messaging.consumer import Consumer
 from worker.messaging.link import BlockObserver, BrokerLink, first_of, open_link
 from worker.messaging.outlet import Outlet
 from worker.messaging.publisher import Publisher
 from worker.settings import Settings
 
-log = structlog.stdlib.get_logger("worker.supervisor")
+log = structlog.stdlib.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -371,7 +371,7 @@ class Supervisor:
         self._depth_checked_at = now
         try:
             passive = self._declare_passively(side)
-            declared = await broker_call(bounded(passive, DEPTH_CHECK_TIMEOUT))
+            declared = await broker_call(time_limited(passive, DEPTH_CHECK_TIMEOUT))
             self._ready_messages = int(declared.declaration_result.message_count or 0)
         except Exception as error:
             log.debug("queue_depth_unknown", error=repr(error))

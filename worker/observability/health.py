@@ -39,7 +39,7 @@ from prometheus_client import make_wsgi_app
 from worker.app.failures import OperatorError
 from worker.observability.metrics import Metrics
 
-log = structlog.stdlib.get_logger("worker.health")
+log = structlog.stdlib.get_logger(__name__)
 
 LOOP_DEADLINE: Final = 2.0
 CHECK_INTERVAL: Final = 2.0

@@ -18,9 +18,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.names import Topology
-from worker.app.pipeline import BatchProcessor
+from worker.app.pipeline import CommandPipeline
 from worker.app.ports import UnitOfWork
-from worker.messaging.settlement import OutcomePublisher
+from worker.messaging.publisher import OutcomePublisher
 from worker.observability import tracing
 from worker.observability.metered import (
     MeteredPipeline,
@@ -55,7 +55,7 @@ class Instrumentation:
             publisher = self._tracing.publisher(publisher)
         return MeteredPublisher(publisher, self.metrics)
 
-    def pipeline(self, pipeline: BatchProcessor) -> BatchProcessor:
+    def pipeline(self, pipeline: CommandPipeline) -> CommandPipeline:
         metered = MeteredPipeline(pipeline, self.metrics)
         return self._tracing.pipeline(metered) if self._tracing is not None else metered
 

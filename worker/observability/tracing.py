@@ -39,8 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.names import Topology
 from worker.app.outcomes import Outcome
-from worker.app.pipeline import BatchProcessor, Envelope
-from worker.messaging.settlement import OutcomePublisher
+from worker.app.pipeline import CommandPipeline, Envelope
+from worker.messaging.publisher import OutcomePublisher
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
 
-log = structlog.stdlib.get_logger("worker.tracing")
+log = structlog.stdlib.get_logger(__name__)
 
 TRACER_NAME: Final = "coupon-worker"
 REMEMBERED: Final = 10_000  # trace contexts of delivered commands kept for their batch
@@ -189,7 +189,7 @@ class Tracing:
     def context_of(self, message_id: str) -> Context | None:
         return self._contexts.get(message_id)
 
-    def pipeline(self, inner: BatchProcessor) -> BatchProcessor:
+    def pipeline(self, inner: CommandPipeline) -> CommandPipeline:
         return TracedPipeline(inner, self)
 
     def publisher(self, inner: OutcomePublisher) -> OutcomePublisher:
@@ -249,7 +249,7 @@ class TracedPipeline:
     """A `process <queue>` span (CONSUMER: push-based, no receive span of the worker's own)
     around each attempt at a batch."""
 
-    def __init__(self, inner: BatchProcessor, tracing: Tracing) -> None:
+    def __init__(self, inner: CommandPipeline, tracing: Tracing) -> None:
         self._inner = inner
         self._tracing = tracing
 
