@@ -25,7 +25,8 @@ from contracts.received import ReceivedEvent
 
 __all__ = ["DEFAULT_DELIVERY_LIMIT", "CouponClient", "Subscription", "check_subscription"]
 
-# How many times a subscriber's queue delivers one event before it parks it in `<queue>.dead`.
+# How many times a subscriber's queue delivers one event again (RabbitMQ's `x-delivery-limit`,
+# which counts returns) before it parks it in `<queue>.dead`: 1 + 5 deliveries in all.
 DEFAULT_DELIVERY_LIMIT: Final = 5
 
 
@@ -126,7 +127,7 @@ class CouponClient(Protocol):
     ) -> Subscription:
         """Events on `coupon.events` matching `routing_keys` (topic patterns). `queue` names a
         durable quorum queue of the caller's (events wait there while nobody consumes); an event
-        delivered `delivery_limit` times without being handled is parked in
+        returned unhandled more than `delivery_limit` times is parked in
         `dead_letter_queue` (default `<queue>.dead`) with the reason in its `x-death` header.
         Without `queue`, a temporary queue lives as long as the subscription. `dedupe`
         remembers that many event message_ids and skips repeats."""

@@ -14,8 +14,9 @@ only inside `async with client.subscribe(...) as events:` (which knows that no e
 the loop); a bare `async for` cannot tell a `break` from an error, and returns it.
 
 A named queue is a durable quorum queue with a delivery limit (`delivery_limit`, 5 by
-default): an event that was delivered that many times without being acknowledged — a handler
-that keeps failing on it, or keeps crashing the process — is not delivered again but parked in
+default; RabbitMQ's `x-delivery-limit`, which counts returns): an event delivered once and
+redelivered that many times without being acknowledged — a handler that keeps failing on it, or
+keeps crashing the process — is not delivered again but parked in
 the subscriber's own dead-letter queue, `<queue>.dead` (or `dead_letter_queue`), where RabbitMQ's
 `x-death` header (and `x-first-death-reason`: `delivery_limit`) says why. The events behind it
 keep flowing. Queue arguments cannot change on an existing queue: a queue declared by an older

@@ -7,7 +7,7 @@ mandatory publish does), `coupon.events` to the queues bound to it by topic patt
 `coupon.dead` to the dead-letter list, and the default exchange to reply handlers. The worker
 takes commands from its queue in a task of its own, after their publish returned.
 Subscriptions acknowledge as the real ones do: an event whose loop body raised goes back to the
-front of its queue, marked redelivered; a named queue parks an event delivered
+front of its queue, marked redelivered; a named queue parks an event returned more than
 `delivery_limit` times in `<queue>.dead`, with `x-death` and `x-first-death-reason` headers as
 RabbitMQ's quorum queues write them.
 """
@@ -155,7 +155,8 @@ class FakeBroker:
         """An unacknowledged message back to the front of its queue, or, once it was delivered
         `delivery_limit` times, to the queue's dead-letter queue."""
         limit = queue.delivery_limit
-        if limit is None or deliveries < limit or queue.dead_letter_queue is None:
+        # RabbitMQ's x-delivery-limit counts returns: parked when returned more than that.
+        if limit is None or deliveries <= limit or queue.dead_letter_queue is None:
             queue.put(message, deliveries, front=True)
             return
         headers = dict(message.headers)
@@ -240,6 +241,9 @@ class FakeSubscription:
                 if message.properties.message_id in self._seen:
                     continue
                 self._unsettled = (message, deliveries + 1)
+                if deliveries:  # a quorum queue says how often it delivered the message before
+                    headers = {**message.headers, "x-delivery-count": deliveries}
+                    message = message.model_copy(update={"headers": headers})
                 yield message.received(redelivered=deliveries > 0)
                 self._settle(message)
         finally:
