@@ -71,6 +71,7 @@ def received(message: AbstractIncomingMessage, routing_key: str | None = None) -
         correlation_id=message.correlation_id,
         headers=message.headers,
         redelivered=bool(message.redelivered),
+        timestamp=message.timestamp,
     )
 
 

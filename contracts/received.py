@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -43,6 +44,7 @@ class ReceivedEvent:
     body: bytes
     headers: Mapping[str, Any] = field(default_factory=dict)
     redelivered: bool = False
+    timestamp: datetime | None = None  # the AMQP timestamp: when the outcome first happened
 
     def json(self) -> Any:
         """The body, parsed as JSON."""
@@ -57,6 +59,7 @@ def read_received(
     correlation_id: str | None = None,
     headers: Mapping[str, Any] | None = None,
     redelivered: bool = False,
+    timestamp: datetime | None = None,
 ) -> ReceivedEvent:
     """An outcome as received, from plain AMQP fields (see `contracts.amqp.received`)."""
     headers = dict(headers or {})
@@ -70,6 +73,7 @@ def read_received(
         body=body,
         headers=headers,
         redelivered=redelivered,
+        timestamp=timestamp,
     )
 
 

@@ -135,6 +135,7 @@ class RecordedMessage(BaseModel):
             correlation_id=p.correlation_id,
             headers=self.header_values(),
             redelivered=redelivered,
+            timestamp=p.timestamp,
         )
 
 
