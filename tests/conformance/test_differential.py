@@ -189,5 +189,7 @@ async def test_the_fake_and_the_worker_answer_every_stream_alike(
         actual = await run(fake, await fake.events(), steps, salt)
     finally:
         await fake.aclose()
-    for what, theirs, ours in zip(("outcomes", "events", "dead letters"), expected, actual):
+    for what, theirs, ours in zip(
+        ("outcomes", "events", "dead letters"), expected, actual, strict=True
+    ):
         assert ours == theirs, f"the fake's {what} differ from the worker's for {steps}"

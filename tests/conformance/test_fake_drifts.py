@@ -116,7 +116,7 @@ async def test_one_message_id_is_one_effect_whatever_the_command(
     the message_id of an earlier create is that create again, answered with its outcome."""
     client = coupon_backend.client
     created = await client.create("DRIFT-K", 2, message_id="drift-k")
-    with pytest.raises(TypeError, match="expected coupon.redeemed"):
+    with pytest.raises(TypeError, match=r"expected coupon\.redeemed"):
         await client.redeem("DRIFT-K", message_id="drift-k")  # the answer is coupon.created
     redeemed = await client.redeem("DRIFT-K")
     assert isinstance(redeemed, CouponRedeemed) and redeemed.remaining_count == 1
