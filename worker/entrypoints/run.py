@@ -28,7 +28,8 @@ from worker.messaging.consumer import Consumer, build_consumer
 from worker.messaging.outlet import Outlet
 from worker.messaging.publisher import OutcomePublisher
 from worker.messaging.retry import RetryPolicy
-from worker.messaging.supervisor import Supervisor, WorkerStuck
+from worker.messaging.stuck import WorkerStuck
+from worker.messaging.supervisor import Supervisor
 from worker.observability import health
 from worker.observability.instrumentation import Instrumentation
 from worker.settings import Settings

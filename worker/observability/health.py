@@ -196,23 +196,6 @@ class HealthServer:
         return answered.wait(LOOP_DEADLINE)
 
 
-def probe(host: str, port: int, path: str, timeout: float = 5.0) -> str | None:
-    """For `coupon-worker healthcheck --http PATH` (exec probes, the image's HEALTHCHECK):
-    None when the worker answers 200, else why not."""
-    import urllib.error
-    import urllib.request
-
-    target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    url = f"http://{target}:{port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return None if response.status == 200 else f"{url} answered {response.status}"
-    except urllib.error.HTTPError as error:
-        return f"{url} answered {error.code}: {error.read().decode(errors='replace').strip()}"
-    except OSError as error:
-        return f"{url} does not answer ({error}): is the worker running with WORKER_HTTP_PORT?"
-
-
 def _json(start_response: StartResponse, ok: bool, body: dict[str, Any]) -> list[bytes]:
     start_response(
         "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")]
