@@ -91,7 +91,7 @@ def test_the_example_suite_passes_in_a_project_without_pytest_configuration(
     assert not [p for p in project.rglob("*") if p.name in CONFIG_FILES]
     result = run(python, "-m", "pytest", "-W", "error", "-p", "no:cacheprovider", cwd=project)
     output = ok(result)
-    assert re.search(r"\b3 passed in", output), output
+    assert re.search(r"\b4 passed in", output), output
     assert "warning" not in output.lower(), output
 
 
