@@ -27,8 +27,8 @@ def test_every_command_has_a_handler_an_oracle_rule_and_an_oracle_case(routing_k
     case = CASES[routing_key]
     answered = {answer.kind for step, answer in case if step.routing_key == routing_key}
     assert answered == RULES[routing_key].answers
-    # TODO(client-surface): once the contract states `Command.is_read`, also check
-    # `RULES[routing_key].writes is not COMMANDS[routing_key].is_read` here.
+    # The contract says whether the command reads; the oracle says it independently.
+    assert RULES[routing_key].writes is not COMMANDS[routing_key].is_read
 
 
 def test_the_worker_and_the_oracle_know_no_command_the_contract_does_not() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from contracts.commands import Command, GetCoupon
+from contracts.commands import Command
 from contracts.events import Event
 from worker.app.outcomes import Outcome
 from worker.app.ports import UnitOfWork
@@ -55,7 +55,7 @@ class Pipeline:
         these commands, or created one of these codes, first (`TransactionConflict`).
         """
         # Reads are naturally idempotent: `coupon.get` is answered fresh and not recorded.
-        writes = list(dict.fromkeys(e.message_id for e in batch if not _is_read(e.command)))
+        writes = list(dict.fromkeys(e.message_id for e in batch if not e.command.is_read))
         touched = {envelope.command.code for envelope in batch}
         async with self._unit_of_work() as uow:
             if writes:  # stored outcomes, and the coupons locked in one global lock order
@@ -67,7 +67,7 @@ class Pipeline:
             fresh: list[Outcome] = []
             # In arrival order: the outcomes are exactly those of applying them one by one.
             for envelope in batch:
-                if not _is_read(envelope.command) and envelope.message_id in results:
+                if not envelope.command.is_read and envelope.message_id in results:
                     outcomes.append(results[envelope.message_id])  # applied before
                     continue
                 event = self._handle(envelope.command, coupons, envelope.message_id)
@@ -87,9 +87,5 @@ class Pipeline:
             routing_key=event.routing_key,
             body=event.model_dump_json().encode(),
             occurred_at=self._clock(),
-            broadcast=not _is_read(envelope.command),
+            broadcast=not envelope.command.is_read,
         )
-
-
-def _is_read(command: Command) -> bool:
-    return isinstance(command, GetCoupon)

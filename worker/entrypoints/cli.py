@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print_schema()
         return
     if args.command == "asyncapi":
-        from contracts.asyncapi import main as print_asyncapi
+        from worker.entrypoints.asyncapi import main as print_asyncapi
 
         print_asyncapi()
         return

@@ -21,7 +21,7 @@ from contextlib import aclosing, contextmanager
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from contracts.validation import InvalidCommand, bounded, decode_command
+from contracts.validation import InvalidCommand, decode_command, truncated
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import CommandPipeline, Envelope
 from worker.logs import message_context
@@ -121,7 +121,7 @@ class BatchRunner:
             self._settlement,
             verdict.item[0],
             PROCESSING_FAILED,
-            self._redact(bounded(detail)),
+            self._redact(truncated(detail)),
             PROCESSING_FAILED,
         )
 

@@ -22,10 +22,6 @@ from contracts.events import InvalidCommandReply
 from contracts.names import Topology
 from worker.app.outcomes import Outcome
 
-# When the worker dead-lettered a command (an AMQP timestamp); RabbitMQ's own dead letters carry
-# the time in x-death. `coupon-worker dead-letters` shows and filters by it.
-DEAD_LETTERED_AT_HEADER: Final = "x-dead-lettered-at"
-
 BLOCKED_POLL: Final = 0.25  # seconds between looks at the blocked flag while confirms are due
 
 
@@ -126,7 +122,7 @@ class Publisher:
         headers = dict(command.headers or {})
         headers[names.ERROR_HEADER] = error
         headers[names.ERROR_DETAIL_HEADER] = detail
-        headers[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC)
+        headers[names.DEAD_LETTERED_AT_HEADER] = datetime.now(UTC)
         copy = Message(
             command.body,
             headers=headers,

@@ -2,16 +2,25 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from example_checkout.consume import tally_redemptions
 from example_checkout.publish import apply_coupon, start_campaign
+from example_checkout.quickstart import spring_campaign
 
 from contracts.client import CouponClient
-from contracts.testing import ReplayOutcome, assert_matches_golden
-from contracts.testing.collector import EventCollector
+from contracts.testing import CouponBackend, EventCollector, ReplayOutcome, assert_matches_golden
 
 RECORDING = Path(__file__).parent / "recordings" / "black-friday.jsonl"
+
+
+async def test_the_quick_start(coupon_client: CouponClient) -> None:
+    assert await spring_campaign(coupon_client) == [
+        "created SPRING-24 (2 left)",
+        "order-1234: 1 left",
+        "order-1234: 1 left",  # the same message_id: the same answer, no second use
+        "order-1235: 0 left",
+        "order-1236: refused, coupon 'SPRING-24' has no redemptions left",
+    ]
 
 
 async def test_a_coupon_is_applied_once_per_order(
@@ -27,7 +36,7 @@ async def test_a_coupon_is_applied_once_per_order(
 
 
 async def test_redemptions_are_tallied_from_events(
-    coupon_client: CouponClient, coupon_backend: Any
+    coupon_client: CouponClient, coupon_backend: CouponBackend
 ) -> None:
     totals: Counter[str] = Counter()
     queue = f"{coupon_backend.topology.prefix}checkout.redemptions"
