@@ -26,11 +26,29 @@ def build_parser() -> argparse.ArgumentParser:
     documents = parser.add_subparsers(dest="document", required=True, metavar="DOCUMENT")
     documents.add_parser("schema", help="JSON Schema of every command, event and reply")
     documents.add_parser("asyncapi", help="AsyncAPI 3.0 document (channels and operations)")
+    relay = documents.add_parser(
+        "relay",
+        help="publish the commands staged in an outbox table (the `outbox` extra)",
+        description="Publish the commands staged in an outbox table (contracts.outbox) until "
+        "stopped. URLs from the environment: COUPON_RELAY_DATABASE_URL, COUPON_RELAY_AMQP_URL.",
+    )
+    try:
+        from contracts.outbox.command import add_arguments
+    except ImportError:  # without the extra: `relay` says what to install when run
+        relay.set_defaults(missing_extra=True)
+    else:
+        add_arguments(relay)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.document == "relay":
+        if getattr(args, "missing_extra", False):
+            raise SystemExit("relay: install coupon-contracts[outbox] (SQLAlchemy, aio-pika)")
+        from contracts.outbox.command import main as relay
+
+        raise SystemExit(relay(args))
     if args.document == "schema":
         from contracts.schema import main as print_schema
 

@@ -1,0 +1,150 @@
+"""Publishing for the relay: what it needs of a publisher, and one on aio-pika (the `outbox` extra).
+
+The relay tells two kinds of failed publish apart, and only these two:
+
+- `PublishRefused`: the broker refused this message (returned it as unroutable to a mandatory
+  publish, or closed the channel over it, e.g. a body larger than its `max_message_size`). The
+  relay parks the row with the reason and goes on with the next one;
+- `BrokerUnavailable`: nothing can be published now (no connection, a nack while a queue is
+  full, no confirm within the timeout, the exchange missing). The relay leaves the row staged,
+  says so, waits and tries again.
+
+`classify` reads aio-pika's own errors the same way, so a `CouponClient` (whose `publish` is
+confirmed and mandatory too) can stand in as the relay's publisher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal, Protocol
+
+import aio_pika
+import yarl
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.exceptions import (
+    CONNECTION_EXCEPTIONS,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+)
+from pamqp import commands as spec
+
+from contracts.messages import CommandMessage
+from contracts.names import Topology
+from contracts.subscription import to_amqp
+from contracts.validation import bounded
+
+DEFAULT_PUBLISH_TIMEOUT = 30.0
+
+
+class PublishRefused(Exception):
+    """The broker will not take this message, however often it is sent."""
+
+
+class BrokerUnavailable(Exception):
+    """No message can be published now; the same one may be, later."""
+
+
+class Publisher(Protocol):
+    """What the relay publishes through: a confirmed, mandatory publish of one command."""
+
+    async def publish(self, message: CommandMessage) -> None: ...
+
+
+def classify(error: BaseException) -> Literal["refused", "unavailable"] | None:
+    """How the relay treats a failed publish; None: not a publishing failure (a bug: raise)."""
+    if isinstance(error, PublishRefused | ChannelPreconditionFailed):
+        return "refused"
+    if isinstance(error, DeliveryError):
+        # A Basic.Return is the broker saying "nowhere to route this"; a Basic.Nack, "not now".
+        return "refused" if isinstance(error.frame, spec.Basic.Return) else "unavailable"
+    if isinstance(error, BrokerUnavailable | TimeoutError | ChannelNotFoundEntity):
+        return "unavailable"
+    if isinstance(error, CONNECTION_EXCEPTIONS) and type(error) is not RuntimeError:
+        return "unavailable"
+    return None
+
+
+def reason(error: BaseException) -> str:
+    """A short, bounded reason for logs and for a parked row."""
+    if isinstance(error, DeliveryError) and isinstance(error.frame, spec.Basic.Return):
+        frame = error.frame
+        return f"returned by the broker: {frame.reply_code} {frame.reply_text}"
+    if isinstance(error, BrokerUnavailable | PublishRefused):
+        return bounded(str(error), 300)  # a reason already
+    if isinstance(error, TimeoutError):
+        return "TimeoutError: no answer from the broker in time"
+    return bounded(f"{type(error).__name__}: {str(error) or repr(error)}", 300)
+
+
+class AmqpPublisher:
+    """Publishes to `coupon.commands` on a connection of its own, with publisher confirms and
+    `mandatory`, persistent, under the staged `message_id`. It connects when first needed and
+    again after a failure; it never retries by itself (the relay decides)."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "",
+        *,
+        timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+    ) -> None:
+        self._url = url
+        self._password = yarl.URL(url).password or None
+        self.topology = Topology(prefix)
+        self.timeout = timeout
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+
+    async def publish(self, message: CommandMessage) -> None:
+        channel = await self._open()
+        try:
+            exchange = await channel.get_exchange(self.topology.commands_exchange, ensure=False)
+            await exchange.publish(
+                to_amqp(message), message.routing_key, mandatory=True, timeout=self.timeout
+            )
+        except ChannelNotFoundEntity as error:
+            await self._drop_channel()
+            raise BrokerUnavailable(
+                f"exchange {self.topology.commands_exchange!r} not found: has the worker "
+                "declared its topology?"
+            ) from error
+        except ChannelPreconditionFailed as error:
+            await self._drop_channel()  # the broker closed the channel over this message
+            raise PublishRefused(self._reason(error)) from error
+        except DeliveryError:
+            raise
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
+            await self.close()
+            raise BrokerUnavailable(self._reason(error)) from error
+
+    async def _open(self) -> AbstractChannel:
+        if self._channel is not None and not self._channel.is_closed:
+            return self._channel
+        try:
+            if self._connection is None or self._connection.is_closed:
+                self._connection = await aio_pika.connect(self._url, timeout=self.timeout)
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
+            await self.close()
+            raise BrokerUnavailable(self._reason(error)) from error
+        return self._channel
+
+    def _reason(self, error: BaseException) -> str:
+        text = reason(error)
+        return text.replace(self._password, "***") if self._password else text
+
+    async def _drop_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await channel.close()
+
+    async def close(self) -> None:
+        """Close the connection (the next publish opens a new one)."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await connection.close()
