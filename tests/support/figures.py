@@ -3,7 +3,8 @@ for the run's result file.
 
 With `RELIABILITY_RESULTS=path` set, the test session writes every figure it stated, and what
 the run was (when, on which commit, on what machine, how the tests ended), to that JSON file at
-its end (`tests/conftest.py` calls `write_results`). The README's Reliability table is rendered
+its end (`tests/conftest.py` calls `write_results`). The Reliability table (docs/reliability.md)
+is rendered
 from such a file by `python -m tests.support.reliability_table`, so that every figure it shows
 comes from one stored run: `make reliability` does both.
 """
