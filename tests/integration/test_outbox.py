@@ -335,7 +335,7 @@ def test_relay_policy_refuses_nonsense() -> None:
         {"prune_after": timedelta(seconds=-1)},
     ):
         with pytest.raises(ValueError):
-            RelayPolicy(**bad)  # type: ignore[arg-type]
+            RelayPolicy(**bad)
 
 
 async def test_the_relay_command_publishes_and_stops_on_sigterm(
