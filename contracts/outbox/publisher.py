@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import contextlib
 from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
 import aio_pika
-import yarl
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import (
     CONNECTION_EXCEPTIONS,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
     DeliveryError,
+    PublishError,
 )
-from pamqp import commands as spec
 
 from contracts.messages import CommandMessage
 from contracts.names import Topology
@@ -55,9 +55,10 @@ def classify(error: BaseException) -> Literal["refused", "unavailable"] | None:
     """How the relay treats a failed publish; None: not a publishing failure (a bug: raise)."""
     if isinstance(error, PublishRefused | ChannelPreconditionFailed):
         return "refused"
-    if isinstance(error, DeliveryError):
-        # A Basic.Return is the broker saying "nowhere to route this"; a Basic.Nack, "not now".
-        return "refused" if isinstance(error.frame, spec.Basic.Return) else "unavailable"
+    if isinstance(error, PublishError):  # returned (Basic.Return): "nowhere to route this"
+        return "refused"
+    if isinstance(error, DeliveryError):  # nacked: "not now" (e.g. a queue full, reject-publish)
+        return "unavailable"
     if isinstance(error, BrokerUnavailable | TimeoutError | ChannelNotFoundEntity):
         return "unavailable"
     if isinstance(error, CONNECTION_EXCEPTIONS) and type(error) is not RuntimeError:
@@ -67,9 +68,9 @@ def classify(error: BaseException) -> Literal["refused", "unavailable"] | None:
 
 def reason(error: BaseException) -> str:
     """A short, bounded reason for logs and for a parked row."""
-    if isinstance(error, DeliveryError) and isinstance(error.frame, spec.Basic.Return):
-        frame = error.frame
-        return f"returned by the broker: {frame.reply_code} {frame.reply_text}"
+    if isinstance(error, PublishError):
+        code, text = getattr(error.frame, "reply_code", ""), getattr(error.frame, "reply_text", "")
+        return f"returned by the broker: {code} {text}"
     if isinstance(error, BrokerUnavailable | PublishRefused):
         return bounded(str(error), 300)  # a reason already
     if isinstance(error, TimeoutError):
@@ -90,7 +91,7 @@ class AmqpPublisher:
         timeout: float = DEFAULT_PUBLISH_TIMEOUT,
     ) -> None:
         self._url = url
-        self._password = yarl.URL(url).password or None
+        self._password = urlsplit(url).password or None
         self.topology = Topology(prefix)
         self.timeout = timeout
         self._connection: AbstractConnection | None = None
