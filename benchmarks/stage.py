@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from benchmarks import database
 from benchmarks.database import BenchmarkFailed
 from benchmarks.observer import Observer
-from contracts.client import to_amqp
+from contracts.amqp import to_amqp
 from contracts.messages import CommandMessage
 from tests.support.broker import Broker
 from tests.support.database import create_database, drop_database

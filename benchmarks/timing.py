@@ -12,7 +12,7 @@ from typing import Any
 from aio_pika.abc import AbstractExchange
 
 from benchmarks.observer import Arrival
-from contracts.client import to_amqp
+from contracts.amqp import to_amqp
 from contracts.messages import CommandMessage
 
 WARM_UP_SHARE = 0.05  # of a paced run's commands, left out of its latency figures

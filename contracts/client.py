@@ -1,10 +1,16 @@
-"""A typed aio-pika client for services that talk to the coupon worker (the `client` extra).
+"""The coupon worker's client over RabbitMQ (the `client` extra, aio-pika).
 
-    async with await CouponClient.connect("amqp://guest:guest@localhost/") as client:
-        created = await client.create("SPRING", 100)           # CouponCreated, or raises
-        message_id = await client.redeem("SPRING", wait=False)  # publish only
-        async for received in client.subscribe(["coupon.redeemed"], queue="billing"):
-            ...
+    from contracts.client import CouponClient, connect
+
+    async with await connect("amqp://guest:guest@localhost/") as client:
+        created = await client.create("SPRING", 100)            # CouponCreated, or raises
+        message_id = await client.send(RedeemCoupon(code="SPRING"))  # fire and forget
+        async with client.subscribe(["coupon.redeemed"], queue="billing") as events:
+            async for received in events:
+                ...
+
+`CouponClient` is the Protocol (`contracts.protocol`) that this module's `AmqpCouponClient` and
+the pytest plugin's in-memory client both implement: annotate with it.
 
 Requests wait on RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`): one consumer per client,
 on the channel that publishes, and one future per request keyed by its `correlation_id`, so no
@@ -24,29 +30,36 @@ from typing import Any, Self
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from contracts import names
+from contracts import amqp, names
 from contracts.commands import Command
+from contracts.deprecation import renamed, warn_deprecated
 from contracts.errors import (
     AlreadyExists,
     CommandFailed,
     CommandRejected,
+    CommandUnroutable,
     CouponClientError,
     DoesNotExist,
     Exhausted,
     OutcomeError,
     RequestTimeout,
 )
-from contracts.messages import CommandMessage
+from contracts.messages import CommandMessage, command_message
 from contracts.names import Topology
+from contracts.protocol import DEFAULT_DELIVERY_LIMIT, CouponClient, Subscription
 from contracts.received import ReceivedEvent, UnknownEvent
-from contracts.requests import CouponCommands
-from contracts.subscription import Subscription, read_outcome, to_amqp
+from contracts.requests import CouponVerbs
+from contracts.subscription import AmqpSubscription
 from contracts.validation import InvalidCommand
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "AlreadyExists",
+    "AmqpCouponClient",
+    "AmqpSubscription",
     "CommandFailed",
     "CommandRejected",
+    "CommandUnroutable",
     "CouponClient",
     "CouponClientError",
     "DoesNotExist",
@@ -57,14 +70,32 @@ __all__ = [
     "RequestTimeout",
     "Subscription",
     "UnknownEvent",
-    "read_outcome",
-    "to_amqp",
+    "connect",
 ]
 
 DEFAULT_TIMEOUT = 30.0
+NO_ROUTE = 312  # the reply code of a mandatory message returned for want of a queue
 
 
-class CouponClient(CouponCommands):
+async def connect(
+    url: str,
+    prefix: str = "",
+    *,
+    request_timeout: float = DEFAULT_TIMEOUT,
+    **connect_kwargs: Any,
+) -> AmqpCouponClient:
+    """A client on a robust connection to `url`, under the name `prefix` (empty by default).
+    `connect_kwargs` go to aio-pika's `connect_robust` (`ssl_context=`, `timeout=`...);
+    `request_timeout` is how long `create` / `redeem` / `get` wait by default, in seconds."""
+    return await AmqpCouponClient.connect(
+        url, prefix, request_timeout=request_timeout, **connect_kwargs
+    )
+
+
+class AmqpCouponClient(CouponVerbs):
+    """`CouponClient` over aio-pika: publishes confirmed and mandatory, waits on direct
+    reply-to."""
+
     def __init__(
         self,
         connection: AbstractConnection,
@@ -89,9 +120,8 @@ class CouponClient(CouponCommands):
         *,
         request_timeout: float = DEFAULT_TIMEOUT,
         **connect_kwargs: Any,
-    ) -> CouponClient:
-        """`connect_kwargs` go to aio-pika's `connect_robust` (`ssl_context=`, `timeout=`...);
-        `request_timeout` is how long a request waits by default, in seconds."""
+    ) -> AmqpCouponClient:
+        """As the module's `connect`."""
         connection = await aio_pika.connect_robust(url, **connect_kwargs)
         return await cls.over(connection, prefix, request_timeout=request_timeout)
 
@@ -102,7 +132,7 @@ class CouponClient(CouponCommands):
         prefix: str = "",
         *,
         request_timeout: float = DEFAULT_TIMEOUT,
-    ) -> CouponClient:
+    ) -> AmqpCouponClient:
         """A client on a connection made elsewhere (e.g. one that fails over between the nodes
         of a cluster); it opens its own channel, and `close` closes the connection."""
         try:
@@ -124,31 +154,30 @@ class CouponClient(CouponCommands):
         await self.close()
 
     async def close(self) -> None:
+        """Cancel the requests in flight and close the connection."""
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()
         await self.connection.close()
 
-    # --- publishing ----------------------------------------------------------------------
-
-    async def publish(self, message: CommandMessage) -> None:
+    async def _publish(self, message: CommandMessage) -> None:
         exchange = await self.channel.get_exchange(self.topology.commands_exchange, ensure=False)
-        await exchange.publish(to_amqp(message), message.routing_key, mandatory=True)
+        try:
+            await exchange.publish(amqp.to_amqp(message), message.routing_key, mandatory=True)
+        except aio_pika.exceptions.DeliveryError as error:
+            if getattr(error.frame, "reply_code", None) != NO_ROUTE:
+                raise  # refused (nacked) by the broker, not unroutable
+            raise CommandUnroutable(message.routing_key, message.message_id) from error
 
-    # --- requests ------------------------------------------------------------------------
-
-    async def request(
+    async def _request(
         self,
         command: Command,
         *,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-        within: float | None = None,
+        message_id: str,
+        correlation_id: str | None,
+        within: float | None,
     ) -> ReceivedEvent:
-        """Send a command and wait for its outcome, whatever it is (an error event included).
-        Raises `RequestTimeout` when none arrives `within` seconds (default: the client's)."""
         await self._start_replies()
-        message_id = message_id or str(uuid.uuid4())
         correlation_id = correlation_id or str(uuid.uuid4())
         if correlation_id in self._pending:
             raise ValueError(f"a request with correlation_id {correlation_id!r} is in flight")
@@ -156,12 +185,13 @@ class CouponClient(CouponCommands):
         self._pending[correlation_id] = future
         within = self.request_timeout if within is None else within
         try:
-            await self.send(
+            message = command_message(
                 command,
                 message_id=message_id,
                 correlation_id=correlation_id,
                 reply_to=names.DIRECT_REPLY_TO,
             )
+            await self._publish(message)
             async with asyncio.timeout(within):
                 return await future
         except TimeoutError:
@@ -186,9 +216,7 @@ class CouponClient(CouponCommands):
         future = self._pending.get(message.correlation_id or "")
         if future is None or future.done():
             return  # the answer to a request that timed out, or to another client's
-        future.set_result(read_outcome(message, message.type or message.routing_key))
-
-    # --- events --------------------------------------------------------------------------
+        future.set_result(amqp.received(message))
 
     def subscribe(
         self,
@@ -197,23 +225,52 @@ class CouponClient(CouponCommands):
         queue: str | None = None,
         dedupe: int = 0,
         prefetch: int = 32,
-    ) -> Subscription:
-        """Events on `coupon.events` matching `routing_keys`, each acknowledged only once the
-        loop body that received it finished without error. `queue` names a durable queue of
-        the caller's (events wait there while nobody consumes; name it per service); without
-        it, a temporary queue lives as long as the subscription. `dedupe` remembers that many
-        event message_ids and skips repeats (a republished outcome carries the same id)."""
-        return Subscription(
+        delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+        dead_letter_queue: str | None = None,
+    ) -> AmqpSubscription:
+        """As `CouponClient.subscribe`."""
+        return AmqpSubscription(
             self.connection,
             self.topology.events_exchange,
             routing_keys,
             queue=queue,
             dedupe=dedupe,
             prefetch=prefetch,
+            delivery_limit=delivery_limit,
+            dead_letter_queue=dead_letter_queue,
         )
 
     async def events(self, pattern: str = "coupon.*") -> AsyncIterator[ReceivedEvent]:
-        """Follow `coupon.events` from now on, on a temporary queue (`subscribe` does more)."""
+        """Deprecated: use `subscribe([pattern])`."""
+        warn_deprecated("events(pattern)", "subscribe([pattern])")
         async with self.subscribe([pattern]) as subscription:
             async for received in subscription:
                 yield received
+
+
+async def _deprecated_connect(url: str, prefix: str = "", **options: Any) -> AmqpCouponClient:
+    warn_deprecated("CouponClient.connect", "contracts.client.connect")
+    return await AmqpCouponClient.connect(url, prefix, **options)
+
+
+async def _deprecated_over(
+    connection: AbstractConnection, prefix: str = "", **options: Any
+) -> AmqpCouponClient:
+    warn_deprecated("CouponClient.over", "AmqpCouponClient.over")
+    return await AmqpCouponClient.over(connection, prefix, **options)
+
+
+# `CouponClient` was this module's class before it became the Protocol; code that still calls
+# `CouponClient.connect(...)` / `.over(...)` keeps working for one release, with a warning. Set
+# on the class, not declared in it, so that they are not members of the Protocol (which the
+# in-memory client implements too) and type checkers report them as gone.
+CouponClient.connect = staticmethod(_deprecated_connect)  # type: ignore[attr-defined]
+CouponClient.over = staticmethod(_deprecated_over)  # type: ignore[attr-defined]
+
+__getattr__ = renamed(
+    __name__,
+    {
+        "read_outcome": ("contracts.amqp.received", lambda: amqp.received),
+        "to_amqp": ("contracts.amqp.to_amqp", lambda: amqp.to_amqp),
+    },
+)

@@ -25,6 +25,9 @@ class Command(BaseModel):
 
     routing_key: ClassVar[str]
     needs_reply_to: ClassVar[bool] = False
+    # A read changes nothing: it is answered fresh every time (never from a stored outcome),
+    # only on `reply_to`, and never broadcast on `coupon.events`.
+    is_read: ClassVar[bool] = False
 
     code: CouponCode
 
@@ -48,6 +51,7 @@ class GetCoupon(Command):
 
     routing_key: ClassVar[str] = names.GET
     needs_reply_to: ClassVar[bool] = True
+    is_read: ClassVar[bool] = True
 
 
 COMMANDS: Final[dict[str, type[Command]]] = {

@@ -6,6 +6,7 @@
 - `CommandRejected` (an `InvalidCommand`, like a local validation failure): the worker refused the
   command as sent and dead-lettered it, with `x-error` as its `code`.
 - `CommandFailed`: the worker gave up on it (`ProcessingFailed`) and dead-lettered it.
+- `CommandUnroutable`: the broker routed the command to no queue (the publish raised).
 - `RequestTimeout` (a `TimeoutError`): no answer in time. The command may still be handled: send
   it again with the same `message_id` to learn its outcome without applying it twice.
 """
@@ -67,6 +68,16 @@ class CommandFailed(CouponClientError):
         super().__init__(f"{error}: {detail}")
         self.error = error
         self.detail = detail
+        self.message_id = message_id
+
+
+class CommandUnroutable(CouponClientError):
+    """The broker had no queue for the command: nothing consumes `coupon.commands` with its
+    routing key (no worker declared its queue yet, or the key is not a command's)."""
+
+    def __init__(self, routing_key: str, message_id: str | None) -> None:
+        super().__init__(f"no queue takes {routing_key[:80]!r} (message_id {message_id})")
+        self.routing_key = routing_key
         self.message_id = message_id
 
 

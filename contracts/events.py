@@ -44,9 +44,23 @@ class CouponRedeemed(Event):
 
 
 class ErrorKind(StrEnum):
+    """The business outcomes that are not a success; each says how it is worded."""
+
     DOES_NOT_EXIST = "DoesNotExist"
     ALREADY_EXISTS = "AlreadyExists"
     EXHAUSTED = "Exhausted"
+
+    def detail_for(self, code: str) -> str:
+        """The `detail` of a `coupon.error` of this kind: one wording for the worker, the
+        in-memory fake and the tests."""
+        return f"coupon {code!r} {_WORDING[self]}"
+
+
+_WORDING: Final[dict[ErrorKind, str]] = {
+    ErrorKind.DOES_NOT_EXIST: "does not exist",
+    ErrorKind.ALREADY_EXISTS: "already exists",
+    ErrorKind.EXHAUSTED: "has no redemptions left",
+}
 
 
 class CouponError(Event):

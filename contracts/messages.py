@@ -8,6 +8,7 @@ from typing import Any
 
 from contracts import names
 from contracts.commands import Command
+from contracts.deprecation import warn_deprecated
 from contracts.events import EVENTS, Event
 
 
@@ -47,7 +48,8 @@ def command_message(
 
 
 def parse_event(routing_key: str, body: bytes | str) -> Event:
-    """Read an outcome published by the worker; unknown fields are ignored."""
+    """Deprecated: use `contracts.read_event`, which never raises."""
+    warn_deprecated("contracts.parse_event", "contracts.read_event")
     event_type = EVENTS.get(routing_key)
     if event_type is None:
         raise ValueError(f"unknown event {routing_key!r}")

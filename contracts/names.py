@@ -1,11 +1,13 @@
-"""Names on the wire: routing keys, exchanges and queues (contract v1, "Broker topology")."""
+"""Names on the wire: routing keys, exchanges and queues (contract v1.1, "Broker topology")."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Final
 
-CONTRACT_VERSION: Final = "1"
+# The version of /work/shared/contract.md (docs/contract.md) this package implements; the
+# coupon-contracts distribution carries it as its version (1.1 -> 1.1.0).
+CONTRACT_VERSION: Final = "1.1"
 
 # Commands (routing key on `coupon.commands`, and the AMQP `type` when present).
 CREATE: Final = "coupon.create"
@@ -25,6 +27,9 @@ INVALID: Final = "coupon.invalid"
 CAUSATION_ID_HEADER: Final = "causation_id"
 ERROR_HEADER: Final = "x-error"
 ERROR_DETAIL_HEADER: Final = "x-error-detail"
+# When the worker dead-lettered a command (an AMQP timestamp); RabbitMQ's own dead letters carry
+# the time in `x-death` instead.
+DEAD_LETTERED_AT_HEADER: Final = "x-dead-lettered-at"
 
 JSON_CONTENT_TYPE: Final = "application/json"
 MAX_BODY_BYTES: Final = 64 * 1024

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from contracts import names
 from contracts.errors import OUTCOME_ERRORS, CommandFailed, CommandRejected
 from contracts.events import EVENTS, CouponError, Event, InvalidCommandReply
-from contracts.validation import RejectionCode, bounded
+from contracts.validation import RejectionCode, truncated
 
 EventT = TypeVar("EventT", bound=Event)
 
@@ -43,8 +44,10 @@ class ReceivedEvent:
     body: bytes
     headers: Mapping[str, Any] = field(default_factory=dict)
     redelivered: bool = False
+    timestamp: datetime | None = None  # the AMQP timestamp: when the outcome first happened
 
     def json(self) -> Any:
+        """The body, parsed as JSON."""
         return json.loads(self.body)
 
 
@@ -56,7 +59,9 @@ def read_received(
     correlation_id: str | None = None,
     headers: Mapping[str, Any] | None = None,
     redelivered: bool = False,
+    timestamp: datetime | None = None,
 ) -> ReceivedEvent:
+    """An outcome as received, from plain AMQP fields (see `contracts.amqp.received`)."""
     headers = dict(headers or {})
     causation = headers.get(names.CAUSATION_ID_HEADER)
     return ReceivedEvent(
@@ -68,10 +73,14 @@ def read_received(
         body=body,
         headers=headers,
         redelivered=redelivered,
+        timestamp=timestamp,
     )
 
 
 def read_event(routing_key: str, body: bytes) -> Event | InvalidCommandReply | UnknownEvent:
+    """The event (or `coupon.invalid` reply) `body` is, by its `routing_key`; never raises:
+    what this contract cannot read is an `UnknownEvent` with the reason. Unknown fields are
+    ignored (events may grow)."""
     model: type[Event] | type[InvalidCommandReply] | None
     model = InvalidCommandReply if routing_key == names.INVALID else EVENTS.get(routing_key)
     if model is None:
@@ -79,7 +88,7 @@ def read_event(routing_key: str, body: bytes) -> Event | InvalidCommandReply | U
     try:
         return model.model_validate_json(body)
     except ValidationError as error:
-        reason = f"not a valid {routing_key}: {bounded(str(error), 300)}"
+        reason = f"not a valid {routing_key}: {truncated(str(error), 300)}"
         return UnknownEvent(routing_key, body, reason)
 
 

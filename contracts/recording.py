@@ -34,7 +34,8 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.messages import CommandMessage
-from contracts.validation import bounded, describe
+from contracts.received import ReceivedEvent, read_received
+from contracts.validation import describe, truncated
 
 FORMAT_VERSION: Final = 1
 MAX_LINE_BYTES: Final = 1024 * 1024
@@ -124,6 +125,19 @@ class RecordedMessage(BaseModel):
         """One line of the recording (no newline)."""
         return self.model_dump_json(exclude_none=True)
 
+    def received(self, redelivered: bool = False) -> ReceivedEvent:
+        """This message read as an event or reply (never raises; see `ReceivedEvent`)."""
+        p = self.properties
+        return read_received(
+            p.type or self.routing_key,
+            self.body_bytes(),
+            message_id=p.message_id,
+            correlation_id=p.correlation_id,
+            headers=self.header_values(),
+            redelivered=redelivered,
+            timestamp=p.timestamp,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class RecordedLine:
@@ -166,10 +180,10 @@ def read_lines(lines: Iterable[str | bytes]) -> Iterator[RecordedLine | BadLine]
             message = RecordedMessage.model_validate_json(stripped)
             message.body_bytes()
         except ValidationError as error:
-            yield BadLine(number, bounded(describe(error), 300))
+            yield BadLine(number, truncated(describe(error), 300))
             continue
         except (binascii.Error, ValueError) as error:
-            yield BadLine(number, f"body is not valid base64: {bounded(str(error), 120)}")
+            yield BadLine(number, f"body is not valid base64: {truncated(str(error), 120)}")
             continue
         yield RecordedLine(number, message)
 

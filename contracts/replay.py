@@ -24,77 +24,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from contracts.recording import RecordedMessage, RecordedProperties, decode_header
+from contracts import amqp
+from contracts.deprecation import renamed
+from contracts.recording import RecordedMessage
 
-
-def to_recorded(message: AbstractIncomingMessage, exchange: str | None = None) -> RecordedMessage:
-    delivery_mode = int(message.delivery_mode) if message.delivery_mode else None
-    properties = RecordedProperties(
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=delivery_mode,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        expiration=_expiration(message.expiration),
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        user_id=message.user_id,
-        app_id=message.app_id,
-    )
-    return RecordedMessage.of(
-        (message.exchange or "") if exchange is None else exchange,
-        message.routing_key or "",
-        message.body,
-        properties,
-        message.headers,
-    )
-
-
-def _expiration(value: object) -> str | None:
-    # aio-pika turns the `expiration` property (milliseconds, a string on the wire) into seconds.
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return str(round(value * 1000))
-    return str(value)
-
-
-def to_message(recorded: RecordedMessage) -> aio_pika.Message:
-    p = recorded.properties
-    return aio_pika.Message(
-        recorded.body_bytes(),
-        headers={key: _wire(decode_header(value)) for key, value in recorded.headers.items()}
-        or None,
-        content_type=p.content_type,
-        content_encoding=p.content_encoding,
-        delivery_mode=p.delivery_mode,
-        priority=p.priority,
-        correlation_id=p.correlation_id,
-        reply_to=p.reply_to,
-        expiration=int(p.expiration) / 1000 if p.expiration and p.expiration.isdigit() else None,
-        message_id=p.message_id,
-        timestamp=p.timestamp,
-        type=p.type,
-        app_id=p.app_id,
-    )
-
-
-def _wire(value: Any) -> Any:
-    """A header value as pamqp encodes it: bytes travel as a byte array (`x`)."""
-    if isinstance(value, bytes):
-        return bytearray(value)
-    if isinstance(value, dict):
-        return {key: _wire(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_wire(item) for item in value]
-    return value
+__all__ = ["Replayer", "record"]
 
 
 async def record(
@@ -131,7 +68,7 @@ async def record(
                     taking.cancel()
                     break
                 message = taking.result()
-                write(to_recorded(message))
+                write(amqp.to_recorded(message))
                 await message.ack()
                 count += 1
         finally:
@@ -176,7 +113,7 @@ class Replayer:
         exchange = await self._channel.get_exchange(
             self._exchange or prepared.exchange, ensure=False
         )
-        await exchange.publish(to_message(prepared), prepared.routing_key, mandatory=True)
+        await exchange.publish(amqp.to_message(prepared), prepared.routing_key, mandatory=True)
         return prepared
 
     async def _pace(self) -> None:
@@ -187,3 +124,12 @@ class Replayer:
         if self._next_at > now:
             await asyncio.sleep(self._next_at - now)
         self._next_at = max(now, self._next_at) + self._interval
+
+
+__getattr__ = renamed(
+    __name__,
+    {
+        "to_recorded": ("contracts.amqp.to_recorded", lambda: amqp.to_recorded),
+        "to_message": ("contracts.amqp.to_message", lambda: amqp.to_message),
+    },
+)

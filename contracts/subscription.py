@@ -1,29 +1,36 @@
 """Subscriptions to `coupon.events` that acknowledge an event only after it was handled
 (the `client` extra, aio-pika).
 
-    async for received in client.subscribe(["coupon.redeemed"], queue="billing.coupons"):
-        await bill(received.event)    # raises → the event is not acknowledged: delivered again
+    async with client.subscribe(["coupon.redeemed"], queue="billing.coupons") as events:
+        async for received in events:
+            await bill(received.event)   # raises -> not acknowledged: delivered again
 
 Each event is acknowledged when the loop asks for the next one, that is after the loop body
 that received it finished. If the body raises, the subscription's channel is closed and the
-broker puts every unacknowledged event back in the queue: a durable named queue delivers it
-again (with `redelivered` set) to the next subscription on it; a temporary queue is deleted with
-the subscription, so its events are gone. Leaving the loop with `break` acknowledges the last
-event only inside `async with client.subscribe(...) as events:` (which knows that no exception
-ended the loop); a bare `async for` cannot tell a `break` from an error, and returns it.
+broker puts every unacknowledged event back in the queue: a named queue delivers it again (with
+`redelivered` set) to the next subscription on it; a temporary queue is deleted with the
+subscription, so its events are gone. Leaving the loop with `break` acknowledges the last event
+only inside `async with client.subscribe(...) as events:` (which knows that no exception ended
+the loop); a bare `async for` cannot tell a `break` from an error, and returns it.
+
+A named queue is a durable quorum queue with a delivery limit (`delivery_limit`, 5 by
+default; RabbitMQ's `x-delivery-limit`, which counts returns): an event delivered once and
+redelivered that many times without being acknowledged — a handler that keeps failing on it, or
+keeps crashing the process — is not delivered again but parked in
+the subscriber's own dead-letter queue, `<queue>.dead` (or `dead_letter_queue`), where RabbitMQ's
+`x-death` header (and `x-first-death-reason`: `delivery_limit`) says why. The events behind it
+keep flowing. Queue arguments cannot change on an existing queue: a queue declared by an older
+client (classic, no limit) must be deleted, or given the limit by a broker policy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
-import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -31,55 +38,29 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from contracts.messages import CommandMessage
-from contracts.received import ReceivedEvent, read_received
+from contracts import amqp
+from contracts.deprecation import renamed
+from contracts.protocol import DEFAULT_DELIVERY_LIMIT, check_subscription
+from contracts.received import ReceivedEvent
+
+__all__ = ["DEAD_LETTER_SUFFIX", "AmqpSubscription", "subscriber_queue_arguments"]
+
+DEAD_LETTER_SUFFIX: Final = ".dead"
 
 
-def read_outcome(message: AbstractIncomingMessage, routing_key: str | None = None) -> ReceivedEvent:
-    """An event or reply as received; never raises on unknown types or fields."""
-    return read_received(
-        routing_key or message.type or message.routing_key or "",
-        message.body,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        headers=message.headers,
-        redelivered=bool(message.redelivered),
-    )
+def subscriber_queue_arguments(delivery_limit: int, dead_letter_queue: str) -> dict[str, Any]:
+    """The arguments of a subscriber's named queue: quorum, limited deliveries, dead letters
+    to `dead_letter_queue` through the default exchange."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue,
+    }
 
 
-@functools.cache
-def _inject() -> Callable[[dict[str, Any]], None] | None:
-    """OpenTelemetry's propagator when it is installed (the `tracing` extra), else None."""
-    try:
-        from opentelemetry import propagate
-    except ImportError:
-        return None
-    return propagate.inject
-
-
-def to_amqp(message: CommandMessage) -> aio_pika.Message:
-    """The AMQP message, stamped with the time it is sent (the `timestamp` property, whole
-    seconds: the worker's command latency starts there); with OpenTelemetry installed, headers
-    carry the current trace (W3C traceparent) on to the worker, its spans and its outcome."""
-    headers = dict(message.headers)
-    inject = _inject()
-    if inject is not None:
-        inject(headers)  # writes nothing without a current span
-    return aio_pika.Message(
-        message.body,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        content_type=message.content_type,
-        type=message.type,
-        delivery_mode=aio_pika.DeliveryMode(message.delivery_mode),
-        timestamp=datetime.now(UTC),
-        headers=headers or None,
-    )
-
-
-class Subscription:
-    """Iterate it (`async for`), ideally inside `async with` (see the module's docstring)."""
+class AmqpSubscription:
+    """`contracts.protocol.Subscription` over aio-pika (see the module's docstring)."""
 
     def __init__(
         self,
@@ -90,17 +71,22 @@ class Subscription:
         queue: str | None = None,
         dedupe: int = 0,
         prefetch: int = 32,
+        delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+        dead_letter_queue: str | None = None,
     ) -> None:
-        if isinstance(routing_keys, str) or not routing_keys:
-            raise ValueError("routing_keys: a non-empty list of binding patterns")
-        if dedupe < 0 or prefetch < 1:
-            raise ValueError("dedupe must be >= 0 and prefetch >= 1")
+        check_subscription(routing_keys, dedupe, prefetch, delivery_limit)
+        if dead_letter_queue is not None and not queue:
+            raise ValueError("dead_letter_queue needs a named queue")
         self._connection = connection
         self._exchange = exchange
         self._routing_keys = list(routing_keys)
         self._queue_name = queue
         self._dedupe = dedupe
         self._prefetch = prefetch
+        self._delivery_limit = delivery_limit
+        self.dead_letter_queue = (
+            (dead_letter_queue or queue + DEAD_LETTER_SUFFIX) if queue else None
+        )
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._channel: AbstractChannel | None = None
@@ -127,8 +113,14 @@ class Subscription:
             return
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._prefetch)
-        if self._queue_name:
-            queue = await self._channel.declare_queue(self._queue_name, durable=True)
+        if self._queue_name and self.dead_letter_queue:
+            await self._channel.declare_queue(
+                self.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            arguments = subscriber_queue_arguments(self._delivery_limit, self.dead_letter_queue)
+            queue = await self._channel.declare_queue(
+                self._queue_name, durable=True, arguments=arguments
+            )
         else:
             queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
         for routing_key in self._routing_keys:
@@ -152,7 +144,7 @@ class Subscription:
         try:
             while True:
                 message = await self._inbox.get()
-                received = read_outcome(message, message.routing_key)
+                received = amqp.received(message, message.routing_key)
                 if received.message_id is not None and received.message_id in self._seen:
                     await self._settle(message)
                     continue
@@ -174,3 +166,13 @@ class Subscription:
             self._seen[message.message_id] = None
             while len(self._seen) > self._dedupe:
                 self._seen.popitem(last=False)
+
+
+__getattr__ = renamed(
+    __name__,
+    {
+        "Subscription": ("contracts.client.AmqpSubscription", lambda: AmqpSubscription),
+        "read_outcome": ("contracts.amqp.received", lambda: amqp.received),
+        "to_amqp": ("contracts.amqp.to_amqp", lambda: amqp.to_amqp),
+    },
+)

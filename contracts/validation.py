@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from contracts import names
 from contracts.commands import COMMANDS, Command
+from contracts.deprecation import renamed
 
 MAX_MESSAGE_ID_LENGTH: Final = 255
 MAX_DETAIL_LENGTH: Final = 500
@@ -38,10 +39,11 @@ class InvalidCommand(Exception):
     def __init__(self, code: RejectionCode, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
-        self.detail = bounded(detail)
+        self.detail = truncated(detail)
 
 
-def bounded(text: str, limit: int = MAX_DETAIL_LENGTH) -> str:
+def truncated(text: str, limit: int = MAX_DETAIL_LENGTH) -> str:
+    """`text` cut to at most `limit` characters (ending in "..." when cut)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -142,7 +144,7 @@ def describe(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_input=False, include_url=False):
         location = ".".join(str(part) for part in error["loc"]) or "body"
-        parts.append(f"{bounded(location, 80)}: {error['msg']}")
+        parts.append(f"{truncated(location, 80)}: {error['msg']}")
     return "; ".join(parts)
 
 
@@ -168,7 +170,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise InvalidJson(f"duplicate key {bounded(key, 80)!r}")
+            raise InvalidJson(f"duplicate key {truncated(key, 80)!r}")
         result[key] = value
     return result
 
@@ -191,3 +193,6 @@ def _json_kind(value: object) -> str:
     if value is None:
         return "null"
     return "a number"
+
+
+__getattr__ = renamed(__name__, {"bounded": ("contracts.validation.truncated", lambda: truncated)})

@@ -1,10 +1,12 @@
-"""`coupon-contracts relay` (for now `python -m contracts relay`): one relay as a process.
+"""`coupon-contracts relay` (also `python -m contracts relay`): one relay as a process.
 
-The URLs come from the environment only (`COUPON_RELAY_DATABASE_URL`, an SQLAlchemy async URL
-such as `postgresql+asyncpg://…`; `COUPON_RELAY_AMQP_URL`), never from the command line, where
-any user of the machine could read a password in the process list. SIGTERM or SIGINT stops it
-between two publishes; a batch in flight is not marked sent, and is published again by the next
-relay (the worker answers the repeat with the stored outcome).
+The database is `COUPON_RELAY_DATABASE_URL` (an SQLAlchemy async URL such as
+`postgresql+asyncpg://…`), read from the environment only: on a command line any user of the
+machine could read its password in the process list. The broker and the names' prefix are the
+command line's (`--url`, else `COUPON_AMQP_URL`, `AMQP_URL`; `--prefix`, else
+`COUPON_NAME_PREFIX`). SIGTERM or SIGINT stops it between two publishes; a batch in flight is
+not marked sent, and is published again by the next relay (the worker answers the repeat with
+the stored outcome).
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ from contracts.outbox.relay import Relay, RelayPolicy
 from contracts.outbox.staging import DEFAULT_TABLE, Outbox
 
 DATABASE_VARIABLE = "COUPON_RELAY_DATABASE_URL"
-AMQP_VARIABLE = "COUPON_RELAY_AMQP_URL"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The relay's own options (the broker and the prefix are the command line's)."""
     defaults = RelayPolicy()
-    parser.add_argument("--prefix", default="", help="name prefix of the worker's topology")
     parser.add_argument("--table", default=DEFAULT_TABLE, help="the outbox table's name")
     parser.add_argument("--schema", default=None, help="the outbox table's schema")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -47,11 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(args: argparse.Namespace) -> int:
-    missing = [name for name in (DATABASE_VARIABLE, AMQP_VARIABLE) if not os.environ.get(name)]
-    if missing:
+def main(args: argparse.Namespace, amqp_url: str, prefix: str) -> int:
+    """Relay until SIGTERM or SIGINT; 0 then."""
+    if not os.environ.get(DATABASE_VARIABLE):
         raise SystemExit(
-            f"relay: set {' and '.join(missing)} (URLs are read from the environment only)"
+            f"coupon-contracts relay: set {DATABASE_VARIABLE} (read from the environment only)"
         )
     try:
         policy = RelayPolicy(
@@ -60,15 +61,15 @@ def main(args: argparse.Namespace) -> int:
             prune_after=timedelta(seconds=args.prune_after),
         )
     except ValueError as error:
-        raise SystemExit(f"relay: {error}") from None
+        raise SystemExit(f"coupon-contracts relay: {error}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(_relay(args, policy))
+    asyncio.run(_relay(args, policy, amqp_url, prefix))
     return 0
 
 
-async def _relay(args: argparse.Namespace, policy: RelayPolicy) -> None:
+async def _relay(args: argparse.Namespace, policy: RelayPolicy, amqp_url: str, prefix: str) -> None:
     engine = create_async_engine(os.environ[DATABASE_VARIABLE], pool_pre_ping=True)
-    publisher = AmqpPublisher(os.environ[AMQP_VARIABLE], args.prefix)
+    publisher = AmqpPublisher(amqp_url, prefix)
     outbox = Outbox(MetaData(), name=args.table, schema=args.schema)
     relay = Relay(outbox, async_sessionmaker(engine, expire_on_commit=False), publisher, policy)
     task = asyncio.create_task(relay.run())
@@ -76,7 +77,7 @@ async def _relay(args: argparse.Namespace, policy: RelayPolicy) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, task.cancel)
     logging.getLogger("contracts.outbox").info(
-        "outbox_relay_started table=%s prefix=%s", outbox.table.fullname, args.prefix
+        "outbox_relay_started table=%s prefix=%s", outbox.table.fullname, prefix
     )
     try:
         await task

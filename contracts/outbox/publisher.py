@@ -9,8 +9,8 @@ The relay tells two kinds of failed publish apart, and only these two:
   full, no confirm within the timeout, the exchange missing). The relay leaves the row staged,
   says so, waits and tries again.
 
-`classify` reads aio-pika's own errors the same way, so a `CouponClient` (whose `publish` is
-confirmed and mandatory too) can stand in as the relay's publisher.
+`classify` reads aio-pika's own errors and the clients' `CommandUnroutable` the same way, so any
+`CouponClient` (whose `send` is confirmed and mandatory too) can stand in as the publisher.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ from aio_pika.exceptions import (
     PublishError,
 )
 
-from contracts.messages import CommandMessage
+from contracts.amqp import to_amqp
+from contracts.commands import Command
+from contracts.errors import CommandUnroutable
+from contracts.messages import command_message
 from contracts.names import Topology
-from contracts.subscription import to_amqp
-from contracts.validation import bounded
+from contracts.validation import truncated
 
 DEFAULT_PUBLISH_TIMEOUT = 30.0
 
@@ -46,14 +48,21 @@ class BrokerUnavailable(Exception):
 
 
 class Publisher(Protocol):
-    """What the relay publishes through: a confirmed, mandatory publish of one command."""
+    """What the relay publishes through: a confirmed, mandatory publish of one command under
+    the given `message_id` (`CouponClient.send` is one)."""
 
-    async def publish(self, message: CommandMessage) -> None: ...
+    async def send(
+        self,
+        command: Command,
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str: ...
 
 
 def classify(error: BaseException) -> Literal["refused", "unavailable"] | None:
     """How the relay treats a failed publish; None: not a publishing failure (a bug: raise)."""
-    if isinstance(error, PublishRefused | ChannelPreconditionFailed):
+    if isinstance(error, PublishRefused | ChannelPreconditionFailed | CommandUnroutable):
         return "refused"
     if isinstance(error, PublishError):  # returned (Basic.Return): "nowhere to route this"
         return "refused"
@@ -72,10 +81,10 @@ def reason(error: BaseException) -> str:
         code, text = getattr(error.frame, "reply_code", ""), getattr(error.frame, "reply_text", "")
         return f"returned by the broker: {code} {text}"
     if isinstance(error, BrokerUnavailable | PublishRefused):
-        return bounded(str(error), 300)  # a reason already
+        return truncated(str(error), 300)  # a reason already
     if isinstance(error, TimeoutError):
         return "TimeoutError: no answer from the broker in time"
-    return bounded(f"{type(error).__name__}: {str(error) or repr(error)}", 300)
+    return truncated(f"{type(error).__name__}: {str(error) or repr(error)}", 300)
 
 
 class AmqpPublisher:
@@ -97,7 +106,15 @@ class AmqpPublisher:
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
 
-    async def publish(self, message: CommandMessage) -> None:
+    async def send(
+        self,
+        command: Command,
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Publish `command` and wait for the broker's confirm; its `message_id`."""
+        message = command_message(command, message_id=message_id, correlation_id=correlation_id)
         channel = await self._open()
         try:
             exchange = await channel.get_exchange(self.topology.commands_exchange, ensure=False)
@@ -118,6 +135,7 @@ class AmqpPublisher:
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as error:
             await self.close()
             raise BrokerUnavailable(self._reason(error)) from error
+        return message.message_id
 
     async def _open(self) -> AbstractChannel:
         if self._channel is not None and not self._channel.is_closed:

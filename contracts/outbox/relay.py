@@ -100,7 +100,11 @@ class Relay:
             for row in rows:
                 message = message_of(row.routing_key, row.body, row.message_id, row.correlation_id)
                 try:
-                    await self.publisher.publish(checked(message))
+                    await self.publisher.send(
+                        checked(message),
+                        message_id=row.message_id,
+                        correlation_id=row.correlation_id,
+                    )
                 except InvalidCommand as error:
                     parked[row.id] = f"{error.code}: {error.detail}"
                 except Exception as error:

@@ -50,11 +50,12 @@ class DuplicateMessageId(ValueError):
         self.message_id = message_id
 
 
-def checked(message: CommandMessage) -> CommandMessage:
-    """`message` if the worker would accept it as sent, else `InvalidCommand` (the same rules,
-    `contracts.validation`): staging refuses what the worker would only dead-letter, and the
-    relay parks a row that fails them (one written by hand, or by another version)."""
-    decode_command(
+def checked(message: CommandMessage) -> Command:
+    """The command in `message` if the worker would accept it as sent, else `InvalidCommand`
+    (the same rules, `contracts.validation`): staging refuses what the worker would only
+    dead-letter, and the relay parks a row that fails them (written by hand, or by another
+    version)."""
+    return decode_command(
         message.routing_key,
         message.body,
         message_id=message.message_id,
@@ -62,7 +63,6 @@ def checked(message: CommandMessage) -> CommandMessage:
         type_=message.type,
         reply_to=message.reply_to,
     )
-    return message
 
 
 class Outbox:
@@ -111,7 +111,8 @@ class Outbox:
         if not isinstance(command, Command):
             raise TypeError(f"stage a contracts Command, not {type(command).__name__}")
         body = command.model_dump_json().encode()
-        message = checked(message_of(command.routing_key, body, message_id, correlation_id))
+        message = message_of(command.routing_key, body, message_id, correlation_id)
+        checked(message)
         for name, value in (("message_id", message_id), ("correlation_id", correlation_id)):
             if value is not None and len(value.encode()) > MAX_MESSAGE_ID_LENGTH:
                 # An AMQP short string: the limit is in bytes, which the contract's is not.

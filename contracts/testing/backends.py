@@ -1,29 +1,36 @@
 """The two backends behind the plugin's fixtures, with one surface:
 
-- `client`: a `CouponClient` (real) or its in-memory twin, with the same verbs;
+- `client`: a `CouponClient` (`AmqpCouponClient`, or the in-memory `FakeCouponClient`);
 - `publish(message)`: a raw message to `coupon.commands` (for what the typed client refuses to
   build, such as invalid commands);
 - `replay(path_or_messages)`: one `ReplayOutcome` per command, in command order;
 - `dead_letters()`: the dead-lettered commands so far (taken from the dead-letter queue);
+- `take_queue(name)`: every message now in a queue, taken (a subscriber's `<queue>.dead`);
 - `events()`: a started `EventCollector` of everything on `coupon.events`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
-from contracts.client import CouponClient
+import aio_pika
+
+from contracts import amqp
+from contracts.client import AmqpCouponClient
 from contracts.commands import Command
+from contracts.errors import CommandUnroutable
 from contracts.messages import CommandMessage
 from contracts.names import Topology
+from contracts.protocol import CouponClient
 from contracts.recording import RecordedMessage
-from contracts.replay import Replayer, to_recorded
+from contracts.replay import Replayer
 from contracts.testing.broker_replay import ReplayError, replay_through_broker
 from contracts.testing.collector import EventCollector
-from contracts.testing.memory import FakeBroker, FakeCouponClient, Unroutable, received_of
+from contracts.testing.memory import FakeBroker, FakeCouponClient
 from contracts.testing.outcomes import (
     ReplayOutcome,
     outcome_of,
@@ -36,26 +43,48 @@ ReplaySource = str | os.PathLike[str] | Iterable[RecordedMessage | CommandMessag
 
 
 class CouponBackend(Protocol):
+    """What the `coupon_backend` fixture gives: a worker (real or fake) and a client of it."""
+
     name: str
     topology: Topology
 
     @property
-    def client(self) -> Any: ...
+    def client(self) -> CouponClient:
+        """A client of this backend's worker."""
+        ...
 
-    async def publish(self, message: RecordedMessage) -> None: ...
+    async def publish(self, message: RecordedMessage) -> None:
+        """A raw message to `coupon.commands` (`CommandUnroutable` if no queue takes it)."""
+        ...
 
-    async def replay(self, source: ReplaySource) -> list[ReplayOutcome]: ...
+    async def replay(self, source: ReplaySource) -> list[ReplayOutcome]:
+        """One outcome per command of `source`, in command order."""
+        ...
 
-    async def dead_letters(self) -> list[RecordedMessage]: ...
+    async def dead_letters(self) -> list[RecordedMessage]:
+        """The commands dead-lettered so far, taken from the dead-letter queue."""
+        ...
 
-    async def events(self) -> EventCollector: ...
+    async def take_queue(self, name: str) -> list[RecordedMessage]:
+        """Every message now in the queue `name`, taken (acknowledged) from it."""
+        ...
 
-    async def delete_queue(self, name: str) -> None: ...
+    async def events(self) -> EventCollector:
+        """A started collector of everything published on `coupon.events` from now on."""
+        ...
 
-    async def aclose(self) -> None: ...
+    async def delete_queue(self, name: str) -> None:
+        """Delete the queue `name` (a subscriber's, at the end of a test)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop and remove everything this backend started."""
+        ...
 
 
 class MemoryBackend:
+    """The in-memory backend (`contracts.testing.memory`)."""
+
     name = "memory"
 
     def __init__(self) -> None:
@@ -74,25 +103,29 @@ class MemoryBackend:
     async def replay(self, source: ReplaySource) -> list[ReplayOutcome]:
         messages = replay_messages(source, self.topology.commands_exchange)
         reply_to = f"amq.rabbitmq.reply-to.replay-{uuid.uuid4().hex}"
-        answers: dict[str, RecordedMessage] = {}
+        loop = asyncio.get_running_loop()
+        answers = {f"replay-{index}": loop.create_future() for index in range(len(messages))}
 
         def answer(message: RecordedMessage) -> None:
-            answers.setdefault(str(message.properties.correlation_id), message)
+            future = answers.get(str(message.properties.correlation_id))
+            if future is not None and not future.done():
+                future.set_result(message)
 
         self.broker.on_reply(reply_to, answer)
         try:
             for index, message in enumerate(prepared_for_replay(messages, reply_to)):
                 try:
                     self.broker.publish(message)
-                except Unroutable:
+                except CommandUnroutable:
                     raise ReplayError(
                         f"command {index + 1} ({message.routing_key}) reaches no queue"
                     ) from None
+            replies: list[RecordedMessage] = await asyncio.gather(*answers.values())
         finally:
             self.broker.forget_reply(reply_to)
         outcomes = []
-        for index, command in enumerate(messages):
-            received = received_of(answers[f"replay-{index}"])
+        for command, reply in zip(messages, replies, strict=True):
+            received = reply.received()
             error = received.headers.get("x-error")
             outcomes.append(
                 outcome_of(
@@ -109,6 +142,14 @@ class MemoryBackend:
         taken, self.broker.dead_letters[:] = list(self.broker.dead_letters), []
         return taken
 
+    async def take_queue(self, name: str) -> list[RecordedMessage]:
+        queue = self.broker.queues.get(name)
+        if queue is None:
+            return []
+        taken = [message for message, _ in queue.messages]
+        queue.messages.clear()
+        return taken
+
     async def events(self) -> EventCollector:
         collector = EventCollector()
         subscription = self._client.subscribe(["#"])
@@ -123,16 +164,20 @@ class MemoryBackend:
     async def aclose(self) -> None:
         for collector in self._collectors:
             await collector.stop()
+        await self.broker.aclose()
 
 
 class RealBackend:
+    """The real backend: RabbitMQ, PostgreSQL and a `coupon-worker run` process
+    (`contracts.testing.real`)."""
+
     name = "real"
 
     def __init__(self, settings: RealSettings) -> None:
         self.settings = settings
         self.worker: WorkerProcess | None = None
         self.topology = Topology(settings.worker_prefix or "")
-        self._client: CouponClient | None = None
+        self._client: AmqpCouponClient | None = None
         self._collectors: list[EventCollector] = []
 
     @classmethod
@@ -150,7 +195,7 @@ class RealBackend:
         return backend
 
     @property
-    def client(self) -> CouponClient:
+    def client(self) -> AmqpCouponClient:
         assert self._client is not None, "start() first"
         return self._client
 
@@ -160,6 +205,8 @@ class RealBackend:
         )
         try:
             await Replayer(channel, exchange=self.topology.commands_exchange).publish(message)
+        except aio_pika.exceptions.DeliveryError as error:
+            raise CommandUnroutable(message.routing_key, message.properties.message_id) from error
         finally:
             await channel.close()
 
@@ -168,12 +215,15 @@ class RealBackend:
         return await replay_through_broker(self.client.connection, self.topology, messages)
 
     async def dead_letters(self) -> list[RecordedMessage]:
+        return await self.take_queue(self.topology.dead_queue)
+
+    async def take_queue(self, name: str) -> list[RecordedMessage]:
         channel = await self.client.connection.channel()
         try:
-            queue = await channel.get_queue(self.topology.dead_queue, ensure=False)
+            queue = await channel.get_queue(name, ensure=False)
             taken = []
             while (message := await queue.get(fail=False, no_ack=False)) is not None:
-                taken.append(to_recorded(message))
+                taken.append(amqp.to_recorded(message))
                 await message.ack()
             return taken
         finally:
@@ -204,6 +254,7 @@ class RealBackend:
 
 
 async def open_backend(name: str) -> MemoryBackend | RealBackend:
+    """A started backend by name: `memory` or `real`."""
     if name == "memory":
         return MemoryBackend()
     if name == "real":

@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from contracts import names
 from contracts.names import Topology
 from contracts.recording import RecordedMessage
-from contracts.replay import to_message
+from contracts.replay import Replayer
 from contracts.testing.outcomes import ReplayOutcome, outcome_of, prepared_for_replay
 
 MAX_IN_FLIGHT = 128
@@ -63,7 +63,7 @@ async def replay_through_broker(
 
         reply_queue = await channel.declare_queue(names.DIRECT_REPLY_TO, passive=True)
         await reply_queue.consume(on_reply, no_ack=True)
-        exchange = await channel.get_exchange(topology.commands_exchange, ensure=False)
+        replayer = Replayer(channel, exchange=topology.commands_exchange)
         prepared = prepared_for_replay(messages, names.DIRECT_REPLY_TO)
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         latest: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
@@ -77,7 +77,7 @@ async def replay_through_broker(
             future = replies[str(message.properties.correlation_id)]
             async with in_flight:
                 try:
-                    await exchange.publish(to_message(message), message.routing_key, mandatory=True)
+                    await replayer.publish(message)
                 except aio_pika.exceptions.DeliveryError:
                     raise ReplayError(
                         f"command {index + 1} ({message.routing_key}) reaches no queue"

@@ -9,8 +9,15 @@ worker's wording; invalid commands are dead-lettered with `x-error` and `x-error
 their sender is told on `reply_to`. Event ids are uuid5 of the command's `message_id` in the
 worker's namespace, and a new coupon's id is uuid5 of its creating command's `message_id`.
 
-What it does not model: concurrency between batches, redelivery after crashes, delivery limits,
-outages, the `x-death` headers of broker-made dead letters. Use the real backend for those.
+Like the worker, it applies a command after its publish returned, one at a time in publish
+order (the broker hands them to a task of the fake's), so a request can time out
+(`RequestTimeout`) and a `send` returns before its effect. A repeat of a write is published
+again with the first publication's timestamp; a dead letter carries `x-dead-lettered-at`, and a
+message_id even if the command had none.
+
+What it does not model: concurrency between batches, redelivery after crashes, the worker
+queue's delivery limit, outages. Use the real backend for those; tests/conformance and the
+differential test (tests/conformance/test_differential.py) hold the two together.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from contracts import names
-from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
+from contracts.commands import Command, CreateCoupon, RedeemCoupon
 from contracts.events import (
     CouponCreated,
     CouponError,
@@ -33,7 +40,7 @@ from contracts.events import (
 )
 from contracts.identity import coupon_id, event_message_id
 from contracts.names import Topology
-from contracts.recording import RecordedMessage, RecordedProperties
+from contracts.recording import RecordedMessage, RecordedProperties, encode_header
 from contracts.validation import InvalidCommand, decode_command
 
 
@@ -63,6 +70,7 @@ class _Coupon:
 class _Stored:
     routing_key: str
     body: bytes
+    occurred_at: datetime  # a repeat is published again with its first timestamp
 
 
 class FakeWorker:
@@ -93,20 +101,23 @@ class FakeWorker:
             self._dead_letter(message, invalid)
             return
         message_id = str(p.message_id)
-        stored = self.processed.get(message_id)
-        if stored is None or isinstance(command, GetCoupon):
+        # One effect per message_id, whatever the command: a write repeated under the id of an
+        # earlier write (of any kind) gets that write's stored outcome. A read is answered
+        # fresh every time and stored nowhere.
+        stored = None if command.is_read else self.processed.get(message_id)
+        if stored is None:
             event = self._apply(command, message_id)
-            stored = _Stored(event.routing_key, event.model_dump_json().encode())
-            if not isinstance(command, GetCoupon):
+            stored = _Stored(event.routing_key, event.model_dump_json().encode(), _now())
+            if not command.is_read:
                 self.processed[message_id] = stored
-        self._publish_outcome(message, stored, broadcast=not isinstance(command, GetCoupon))
+        self._publish_outcome(message, stored, broadcast=not command.is_read)
 
     def _apply(self, command: Command, message_id: str) -> Event:
         code = command.code
         coupon = self.coupons.get(code)
         if isinstance(command, CreateCoupon):
             if coupon is not None:
-                return _error(command, ErrorKind.ALREADY_EXISTS, "already exists")
+                return _error(command, ErrorKind.ALREADY_EXISTS)
             coupon = _Coupon(
                 coupon_id(message_id),
                 code,
@@ -121,10 +132,10 @@ class FakeWorker:
                 remaining_count=coupon.init_count,
             )
         if coupon is None:
-            return _error(command, ErrorKind.DOES_NOT_EXIST, "does not exist")
+            return _error(command, ErrorKind.DOES_NOT_EXIST)
         if isinstance(command, RedeemCoupon):
             if coupon.remaining_count <= 0:
-                return _error(command, ErrorKind.EXHAUSTED, "has no redemptions left")
+                return _error(command, ErrorKind.EXHAUSTED)
             coupon.remaining_count -= 1
             return CouponRedeemed(id=coupon.id, code=code, remaining_count=coupon.remaining_count)
         return CouponFound(
@@ -146,7 +157,7 @@ class FakeWorker:
                 correlation_id=p.correlation_id or message_id,
                 type=stored.routing_key,
                 content_type=names.JSON_CONTENT_TYPE,
-                timestamp=datetime.now(UTC).replace(microsecond=0),
+                timestamp=stored.occurred_at,
                 delivery_mode=2,
             ),
             {names.CAUSATION_ID_HEADER: message_id},
@@ -160,12 +171,21 @@ class FakeWorker:
         headers = dict(command.headers)
         headers[names.ERROR_HEADER] = str(invalid.code)
         headers[names.ERROR_DETAIL_HEADER] = invalid.detail
+        headers[names.DEAD_LETTERED_AT_HEADER] = encode_header(_now())
+        # The worker's client library (aiormq) stamps a random message_id on a dead letter of a
+        # command that had none (contract, "Invalid commands"); so does this.
+        message_id = command.properties.message_id or str(uuid.uuid4())
         copy = command.model_copy(
             update={
                 "exchange": self.topology.dead_exchange,
                 "headers": headers,
                 "properties": command.properties.model_copy(
-                    update={"delivery_mode": 2, "expiration": None, "user_id": None}
+                    update={
+                        "delivery_mode": 2,
+                        "expiration": None,
+                        "user_id": None,
+                        "message_id": message_id,
+                    }
                 ),
             }
         )
@@ -192,11 +212,15 @@ class FakeWorker:
             )
 
 
-def _error(command: Command, kind: ErrorKind, what: str) -> CouponError:
-    # The worker's wording (worker/domain/errors.py).
+def _error(command: Command, kind: ErrorKind) -> CouponError:
     return CouponError(
         error=kind,
-        detail=f"coupon {command.code!r} {what}",
+        detail=kind.detail_for(command.code),
         command=command.routing_key,
         code=command.code,
     )
+
+
+def _now() -> datetime:
+    # AMQP timestamps count whole seconds.
+    return datetime.now(UTC).replace(microsecond=0)

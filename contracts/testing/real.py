@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 
-from contracts.client import CouponClient
+from contracts.client import AmqpCouponClient
 
 READY_WITHIN = 90.0
 STOP_WITHIN = 30.0
@@ -173,5 +173,6 @@ def _event(line: str) -> str | None:
     return None
 
 
-async def connect_client(settings: RealSettings, prefix: str) -> CouponClient:
-    return await CouponClient.connect(settings.amqp_url, prefix)
+async def connect_client(settings: RealSettings, prefix: str) -> AmqpCouponClient:
+    """A client of the worker under `prefix`."""
+    return await AmqpCouponClient.connect(settings.amqp_url, prefix)

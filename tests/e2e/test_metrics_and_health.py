@@ -9,7 +9,7 @@ import uuid
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import CreateCoupon, RedeemCoupon
+from contracts import CreateCoupon, RedeemCoupon, names
 from tests.conftest import StartWorker
 from tests.e2e.observe import flush
 from tests.e2e.test_cli import cli_env as cli_env  # the fixture, shared
@@ -49,7 +49,7 @@ async def test_metrics_move_as_commands_flow_and_probes_answer(
         == 0
     )
     build = [key for key in before if key[0] == "coupon_worker_build_info"]
-    assert build and dict(build[0][1])["contract"] == "1"
+    assert build and dict(build[0][1])["contract"] == names.CONTRACT_VERSION
 
     code = f"metrics-{uuid.uuid4().hex[:6]}"
     await broker.send(CreateCoupon(code=code, init_count=1))

@@ -49,7 +49,7 @@ async def _publish_mixed(broker: Broker, seed: int = 20261127) -> int:
         nonlocal count
         message_id = await broker.send(command, message_id=f"det-{count}", **options)
         count += 1
-        if not isinstance(command, GetCoupon):
+        if not command.is_read:
             resendable.append((message_id, command.routing_key, command.model_dump_json().encode()))
 
     for code in codes[:10]:

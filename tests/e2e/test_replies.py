@@ -12,7 +12,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import CreateCoupon, GetCoupon, RedeemCoupon, command_message, names
-from contracts.client import to_amqp
+from contracts.amqp import to_amqp
 from contracts.commands import Command
 from tests.conftest import StartWorker
 from tests.e2e.observe import Published, coupons, wait_caused

@@ -4,24 +4,28 @@ and its consumer SIGKILLed at random moments of the stream's progress.
 Processes, all real: the worker; the checkout (`python -m example_checkout orders`, from
 tests/example_service) writing orders in bursts, each order and its coupon's redeem in one
 transaction, every 7th payment declined after the redeem was staged (that order and its redeem
-roll back); the relay (`python -m contracts relay`, coupon-contracts' own); the tally
+roll back); the relay (`coupon-contracts relay`, run as `python -m contracts relay`); the tally
 (`python -m example_checkout tally`) counting `coupon.redeemed` per code through the inbox, from
-a durable queue of its own. The relay and the tally are killed 6 times each, in random order, at
-random points of the stream's progress (outcome events received), and restarted.
+a durable queue of its own (a quorum queue with a delivery limit, dead letters to
+`<queue>.dead`). The relay and the tally are killed 6 times each, in random order, at random
+points of the stream's progress (outcome events received), and restarted.
 
 Each kill must interrupt work, or it proves nothing:
 - the relay is frozen (SIGSTOP) until ≥ 3 batches are staged behind it, then thawed; once an
   outcome of its next publishes arrives it is killed, in the middle of its batches: what it
   published and had not marked sent yet is published again by the next relay;
-- the tally is frozen until events wait in its queue, thawed until its count moves, frozen
-  again with the relay (so the queue holds still), and killed: the broker returns what it held
-  unacknowledged, and the queue's depth grows by exactly that many.
+- the tally is frozen until events wait in its queue, thawed until it has counted more than its
+  prefetch window (so that what the next kill returns is mostly not what this one returned: the
+  queue's delivery limit counts returns, and must not park an event), frozen again with the
+  relay (so the queue holds still), and killed: the broker returns what it held unacknowledged,
+  and the queue's depth grows by exactly that many.
 
 Then, from the databases and the broker: every committed order has exactly one outcome (the
 ledger, tests/support/ledger.py, judges the worker's database and the events against the orders
 the checkout database holds); no outcome, and no effect, for an order that did not commit; every
 `coupon.redeemed` counted exactly once by the tally (per code, and its inbox holds exactly those
-event ids); nothing left staged or parked; nothing dead-lettered.
+event ids); nothing left staged or parked; nothing dead-lettered, by the worker or by the
+tally's queue.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ CODES = [f"fx-{n}" for n in range(6)]
 COUPON_COUNT = 180  # 1,285 committed orders over 6 codes: the last ~200 are Exhausted
 RELAY_BATCH = 20
 TALLY_QUEUE = "checkout.redemptions"
+PAST_PREFETCH = 33  # the subscription's prefetch is 32
 
 
 @pytest.fixture
@@ -110,15 +115,16 @@ async def test_killed_relays_and_consumers_lose_and_double_nothing(
             "COUPON_AMQP_URL": services.amqp_url,
             "COUPON_PREFIX": prefix,
             "COUPON_RELAY_DATABASE_URL": checkout_database,
-            "COUPON_RELAY_AMQP_URL": services.amqp_url,
         }
         process = WorkerProcess(env, name, command=command, cwd=cwd).start()
         processes.append(process)
         return process
 
     def start_relay(n: int) -> WorkerProcess:
-        options = ("--prefix", prefix, "--poll-interval", "0.05", "--batch-size", str(RELAY_BATCH))
-        return start(f"relay-{n}", "-m", "contracts", "relay", *options, cwd=ROOT)
+        options = ("--poll-interval", "0.05", "--batch-size", str(RELAY_BATCH))
+        return start(
+            f"relay-{n}", "-m", "contracts", "--prefix", prefix, "relay", *options, cwd=ROOT
+        )
 
     tally_queue = f"{prefix}{TALLY_QUEUE}"
 
@@ -186,10 +192,10 @@ async def test_killed_relays_and_consumers_lose_and_double_nothing(
                 relay = start_relay(kill + 1)
             else:
                 tally.signal(signal.SIGSTOP)
-                await wait_until("events waiting", _depth_at_least, broker, tally_queue, 10)
+                await wait_until("events waiting", _depth_at_least, broker, tally_queue, 40)
                 counted = await count(checkout, tallied)
                 tally.signal(signal.SIGCONT)
-                await wait_until("counting", _at_least, checkout, tallied, counted + 1)
+                await wait_until("counting", _at_least, checkout, tallied, counted + PAST_PREFETCH)
                 tally.signal(signal.SIGSTOP)
                 relay.signal(signal.SIGSTOP)  # no more events: the queue's depth holds still
                 try:
@@ -253,6 +259,7 @@ async def test_killed_relays_and_consumers_lose_and_double_nothing(
             line.count("redemption_seen_before") for p in processes for line in p.lines
         )
         tally_queue_left = await broker.depth(tally_queue)
+        tally_dead_letters = len(await broker.drain_queue(f"{tally_queue}.dead"))
         report.emit(
             "outbox and inbox",
             capsys,
@@ -271,6 +278,7 @@ async def test_killed_relays_and_consumers_lose_and_double_nothing(
             repeats_skipped_by_inbox=seen_before,
             parked=parked,
             tally_queue_left=tally_queue_left,
+            tally_dead_lettered=tally_dead_letters,
             settled_seconds_after_last_kill=round(settled - last_kill, 1),
             seconds=round(time.monotonic() - started, 1),
         )
@@ -281,7 +289,7 @@ async def test_killed_relays_and_consumers_lose_and_double_nothing(
         # Every redemption counted once: per code, and by event id.
         assert tally_by_code == dict(redeemed_by_code)
         assert inbox_ids == set(redeemed)
-        assert parked == 0 and tally_queue_left == 0
+        assert parked == 0 and tally_queue_left == 0 and tally_dead_letters == 0
         assert len(relay_kills) == len(tally_kills) == KILLS
         # The kills interrupted work: killed relays left published commands unmarked (published
         # again: the worker answered with the stored outcome, extra copies of one event), and
@@ -291,6 +299,8 @@ async def test_killed_relays_and_consumers_lose_and_double_nothing(
         for process in processes:
             process.kill()
         await checkout.dispose()
+        for queue in (tally_queue, f"{tally_queue}.dead"):
+            await broker.ch.queue_delete(queue)
 
 
 async def _at_least(engine: AsyncEngine, query: str, least: int) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from contracts.client import CouponClient
+from contracts.client import connect
 from contracts.received import ReceivedEvent, read_received
 from tests.support.broker import Broker
 from tests.support.client_tables import effects, fresh_client_tables, inbox
@@ -158,7 +158,7 @@ async def test_with_a_durable_subscription_each_event_takes_effect_once(
     subscription acknowledges an event only after the transaction committed."""
     queue = f"{broker.topology.prefix}billing.coupons"
     exchange = await broker.ch.get_exchange(broker.topology.events_exchange, ensure=False)
-    client = await CouponClient.connect(services.amqp_url, broker.topology.prefix)
+    client = await connect(services.amqp_url, broker.topology.prefix)
     failed_once: set[str] = set()
 
     async def consume(until: int) -> None:
@@ -194,5 +194,6 @@ async def test_with_a_durable_subscription_each_event_takes_effect_once(
     finally:
         await client.close()
         await broker.ch.queue_delete(queue)
+        await broker.ch.queue_delete(f"{queue}.dead")
     assert sorted(await notes(client_sessions)) == ["e-1", "e-2", "e-3"]
     assert await recorded(client_sessions) == 3

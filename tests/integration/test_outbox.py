@@ -20,7 +20,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts import CreateCoupon, GetCoupon, InvalidCommand, RedeemCoupon, RejectionCode
-from contracts.messages import CommandMessage
+from contracts.commands import Command
 from contracts.outbox import (
     AmqpPublisher,
     DuplicateMessageId,
@@ -166,11 +166,20 @@ async def test_a_relay_that_dies_before_marking_publishes_again_with_the_same_id
     class DiesAfterFour:
         calls = 0
 
-        async def publish(self, message: CommandMessage) -> None:
-            await publisher.publish(message)
+        async def send(
+            self,
+            command: Command,
+            *,
+            message_id: str | None = None,
+            correlation_id: str | None = None,
+        ) -> str:
+            sent = await publisher.send(
+                command, message_id=message_id, correlation_id=correlation_id
+            )
             self.calls += 1
             if self.calls == 4:
                 raise Dies  # not a publishing failure: the relay does not handle it
+            return sent
 
     with pytest.raises(Dies):
         await Relay(outbox, client_sessions, DiesAfterFour()).relay_batch()
@@ -347,16 +356,16 @@ async def test_the_relay_command_publishes_and_stops_on_sigterm(
     ids = await stage_orders(client_sessions, 3)
     env = {
         "COUPON_RELAY_DATABASE_URL": database_url,
-        "COUPON_RELAY_AMQP_URL": services.amqp_url,
+        "COUPON_AMQP_URL": services.amqp_url,
         "PATH": "/usr/bin:/bin",
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "contracts",
-        "relay",
         "--prefix",
         broker.topology.prefix,
+        "relay",
         "--poll-interval",
         "0.1",
         env=env,
@@ -372,7 +381,7 @@ async def test_the_relay_command_publishes_and_stops_on_sigterm(
     assert [m.message_id for m in await published(broker)] == ids
 
 
-async def test_the_relay_command_needs_its_urls_from_the_environment() -> None:
+async def test_the_relay_command_needs_its_database_url_from_the_environment() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -383,4 +392,6 @@ async def test_the_relay_command_needs_its_urls_from_the_environment() -> None:
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1
-    assert "set COUPON_RELAY_DATABASE_URL and COUPON_RELAY_AMQP_URL" in stderr.decode()
+    assert (
+        "relay: set COUPON_RELAY_DATABASE_URL (read from the environment only)" in stderr.decode()
+    )

@@ -22,7 +22,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusC
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import CreateCoupon, RedeemCoupon
-from contracts.client import to_amqp
+from contracts.amqp import to_amqp
 from contracts.messages import command_message
 from tests.support.broker import Broker
 from worker.entrypoints.run import serve

@@ -74,7 +74,7 @@ def expected_outcomes(history: Sequence[Envelope], batch: Sequence[Envelope]) ->
             else:
                 remaining[command.code] = left - 1
                 answer = Expected("coupon.redeemed", remaining_count=left - 1)
-        if not isinstance(command, GetCoupon):
+        if not command.is_read:
             answered.setdefault(message_id, answer)
         result.append(answer)
     return result[len(history) :]

@@ -13,7 +13,8 @@ import aio_pika
 import pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from contracts.client import ReceivedEvent, read_outcome, to_amqp
+from contracts.amqp import received, to_amqp
+from contracts.client import ReceivedEvent
 from contracts.commands import Command
 from contracts.messages import command_message
 from contracts.names import Topology
@@ -34,7 +35,7 @@ class Collected:
 
     @property
     def events(self) -> list[ReceivedEvent]:
-        return [read_outcome(m, m.type or m.routing_key) for m in self.messages]
+        return [received(m) for m in self.messages]
 
     def bodies(self) -> list[dict[str, Any]]:
         return [json.loads(m.body) for m in self.messages]

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 
 from contracts import names
-from contracts.asyncapi import asyncapi_document, render
 from contracts.commands import COMMANDS
+from worker.entrypoints.asyncapi import asyncapi_document, render
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "asyncapi.json"

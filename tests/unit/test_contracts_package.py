@@ -29,10 +29,9 @@ FORBIDDEN = (
 PROBE = """
 import json, sys
 import contracts, contracts.commands, contracts.events, contracts.validation
-import contracts.messages, contracts.names, contracts.schema
+import contracts.messages, contracts.names, contracts.schema, contracts.protocol
 import contracts.errors, contracts.received, contracts.recording, contracts.requests
-# The in-memory fake worker and its client need nothing but pydantic either.
-import contracts.testing, contracts.testing.fake, contracts.testing.memory
+import contracts.cli  # record / replay import aio-pika only when they run
 print(json.dumps(sorted(sys.modules)))
 """
 
@@ -64,20 +63,24 @@ def test_contracts_import_time_lists_no_worker_dependency() -> None:
 def test_python_m_contracts_explains_itself() -> None:
     helped = run_python("-m", "contracts", "--help")
     assert helped.returncode == 0, helped.stderr
-    assert helped.stdout.startswith("usage: python -m contracts")
-    assert "schema" in helped.stdout and "asyncapi" in helped.stdout
-    bare = run_python("-m", "contracts")  # no document chosen: the usage, not a page of JSON
+    assert helped.stdout.startswith("usage: coupon-contracts")
+    for command in ("schema", "record", "replay"):
+        assert command in helped.stdout
+    assert "asyncapi" not in helped.stdout  # the worker's (coupon-worker asyncapi)
+    bare = run_python("-m", "contracts")  # no command chosen: the usage, not a page of JSON
     assert (bare.returncode, bare.stdout) == (2, "")
-    assert "required: DOCUMENT" in bare.stderr
+    assert "required: COMMAND" in bare.stderr
     versioned = run_python("-m", "contracts", "--version")
     assert versioned.stdout.strip() == f"wire contract v{names.CONTRACT_VERSION}"
 
 
-def test_python_m_contracts_asyncapi_is_the_committed_document() -> None:
-    result = run_python("-m", "contracts", "asyncapi")
-    assert result.returncode == 0, result.stderr
-    committed = Path(__file__).parents[2] / "docs" / "asyncapi.json"
-    assert result.stdout == committed.read_text()
+def test_the_package_version_is_the_contract_version() -> None:
+    folder = Path(contracts.__file__).parent
+    version = tomllib.loads((folder / "pyproject.toml").read_text())["project"]["version"]
+    assert version.rsplit(".", 1)[0] == names.CONTRACT_VERSION == "1.1"
+    contract = (Path(__file__).parents[2] / "docs" / "contract.md").read_text()
+    assert f"v{names.CONTRACT_VERSION} (additive)" in contract
+    assert f"## {version}\n" in (folder / "CHANGELOG.md").read_text()
 
 
 def test_python_m_contracts_prints_the_schema_of_every_command_and_event() -> None:
@@ -151,6 +154,7 @@ def test_the_coupon_contracts_distribution_declares_what_its_modules_import() ->
         "pytest-asyncio",
     ]
     assert project["entry-points"]["pytest11"] == {"coupon": "contracts.testing.plugin"}
+    assert project["scripts"] == {"coupon-contracts": "contracts.cli:main"}
     # The client injects the current trace only when OpenTelemetry is there (extra `tracing`).
     assert [d.split(">")[0] for d in extras["tracing"]] == ["opentelemetry-api"]
     assert [d.split(">")[0] for d in extras["inbox"]] == ["asyncpg", "sqlalchemy[asyncio]"]
@@ -163,10 +167,10 @@ def test_the_coupon_contracts_distribution_declares_what_its_modules_import() ->
     def third_party(module: Path) -> set[str]:
         return _imported_roots(module) - set(sys.stdlib_module_names) - {"contracts"}
 
-    client_modules = {"client.py", "subscription.py", "replay.py"}
+    client_modules = {"client.py", "subscription.py", "replay.py", "cli.py"}
     for module in sorted(folder.glob("*.py")):
         roots = third_party(module)
-        if module.name == "subscription.py":  # to_amqp: the current trace, when installed
+        if module.name == "amqp.py":  # to_amqp: the current trace, when installed
             assert "aio_pika" in roots and roots <= {"aio_pika", "pydantic", "opentelemetry"}
         elif module.name in client_modules:
             assert "aio_pika" in roots and roots <= {"aio_pika", "pydantic"}, module

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts import names
-from contracts.client import to_amqp
+from contracts.amqp import to_amqp
 from contracts.commands import MAX_INIT_COUNT, Command, CreateCoupon, GetCoupon, RedeemCoupon
 from contracts.messages import command_message
 from contracts.validation import (

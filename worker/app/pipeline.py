@@ -14,17 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from contracts.commands import Command, GetCoupon
+from contracts.commands import Command
 from contracts.events import Event
 from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
 from worker.app.ports import UnitOfWork
 from worker.domain import handlers
 from worker.domain.working_set import WorkingSet
-
-# Runs a command's handler on the batch's working set: `worker.domain.handlers.handle`, unless
-# the composition root wraps it (fault injection).
-Handle = Callable[[Command, WorkingSet, str], Event]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +31,8 @@ class Envelope:
     command: Command
 
 
-class BatchProcessor(Protocol):
-    """What the consumer needs of the pipeline."""
+class CommandPipeline(Protocol):
+    """What a batch needs of the pipeline (`Pipeline`, and the decorators around it)."""
 
     async def process(self, batch: Sequence[Envelope]) -> list[Outcome]: ...
 
@@ -45,7 +41,7 @@ class Pipeline:
     def __init__(
         self,
         unit_of_work: Callable[[], UnitOfWork],
-        handle: Handle = handlers.handle,
+        handle: handlers.HandleCommand = handlers.handle,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._unit_of_work = unit_of_work
@@ -60,14 +56,14 @@ class Pipeline:
         these commands, or created one of these codes, first (`TransactionConflict`).
         """
         # Reads are naturally idempotent: `coupon.get` is answered fresh and not recorded.
-        writes = list(dict.fromkeys(e.message_id for e in batch if not _is_read(e.command)))
+        writes = list(dict.fromkeys(e.message_id for e in batch if not e.command.is_read))
         async with self._unit_of_work() as uow:
             results = await uow.processed.outcomes(writes)
             # What the batch must apply: every read (answered fresh, as if alone), and each
             # write whose message_id has no stored outcome (its duplicates share its outcome).
-            todo = [e for e in batch if _is_read(e.command) or e.message_id not in results]
+            todo = [e for e in batch if e.command.is_read or e.message_id not in results]
             touched = {envelope.command.code for envelope in todo}
-            if any(not _is_read(envelope.command) for envelope in todo):
+            if any(not envelope.command.is_read for envelope in todo):
                 loaded = await uow.coupons.lock_many(touched)  # one global lock order
             else:
                 loaded = await uow.coupons.get_many(touched)
@@ -76,7 +72,7 @@ class Pipeline:
             fresh: list[Outcome] = []
             # In arrival order: the outcomes are exactly those of applying them one by one.
             for envelope in batch:
-                if not _is_read(envelope.command) and envelope.message_id in results:
+                if not envelope.command.is_read and envelope.message_id in results:
                     outcomes.append(results[envelope.message_id])  # applied before
                     continue
                 event = self._handle(envelope.command, coupons, envelope.message_id)
@@ -101,9 +97,5 @@ class Pipeline:
             routing_key=event.routing_key,
             body=event.model_dump_json().encode(),
             occurred_at=self._clock(),
-            broadcast=not _is_read(envelope.command),
+            broadcast=not envelope.command.is_read,
         )
-
-
-def _is_read(command: Command) -> bool:
-    return isinstance(command, GetCoupon)

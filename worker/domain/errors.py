@@ -1,5 +1,6 @@
 """Business errors: legitimate outcomes, published as `coupon.error` (the command is
-acknowledged). Infrastructure failures are not the domain's: see `worker.app.failures`."""
+acknowledged). Their wording is the contract's (`ErrorKind.detail_for`). Infrastructure failures
+are not the domain's: see `worker.app.failures`."""
 
 from __future__ import annotations
 
@@ -19,18 +20,18 @@ class DoesNotExist(BusinessError):
     kind = ErrorKind.DOES_NOT_EXIST
 
     def __init__(self, code: str) -> None:
-        super().__init__(code, f"coupon {code!r} does not exist")
+        super().__init__(code, self.kind.detail_for(code))
 
 
 class AlreadyExists(BusinessError):
     kind = ErrorKind.ALREADY_EXISTS
 
     def __init__(self, code: str) -> None:
-        super().__init__(code, f"coupon {code!r} already exists")
+        super().__init__(code, self.kind.detail_for(code))
 
 
 class Exhausted(BusinessError):
     kind = ErrorKind.EXHAUSTED
 
     def __init__(self, code: str) -> None:
-        super().__init__(code, f"coupon {code!r} has no redemptions left")
+        super().__init__(code, self.kind.detail_for(code))

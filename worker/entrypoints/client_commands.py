@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from typing import Any
 
 from pydantic import ValidationError
 
-from contracts.client import CouponClient, ReceivedEvent
+from contracts.client import AmqpCouponClient, OutcomeError, ReceivedEvent
 from contracts.commands import Command, CreateCoupon, GetCoupon, RedeemCoupon
+from contracts.events import Event
+from contracts.identity import event_message_id
 from contracts.validation import describe
 from worker.entrypoints.operator_errors import StartupError, describe_startup_failure
 from worker.messaging.connection import ssl_context
@@ -35,8 +38,34 @@ def _record(received: ReceivedEvent) -> dict[str, Any]:
     }
 
 
-async def _connect(settings: Settings) -> CouponClient:
-    # Not `CouponClient.connect(url)`, which takes one URL: AMQP_URL may name several nodes,
+def _outcome(event: Event, message_id: str) -> dict[str, Any]:
+    # The event's ids as the contract derives them: message_id from the command's, and the
+    # correlation_id the command was sent with (its message_id).
+    return {
+        "event": event.routing_key,
+        **event.model_dump(mode="json"),
+        "message_id": event_message_id(message_id),
+        "correlation_id": message_id,
+    }
+
+
+async def _wait(
+    client: AmqpCouponClient, command: Command, message_id: str, within: float
+) -> Event:
+    """The typed verb of `command`, waiting; a business error's event is returned, not raised."""
+    options: dict[str, Any] = {"message_id": message_id, "correlation_id": message_id}
+    try:
+        if isinstance(command, CreateCoupon):
+            return await client.create(command.code, command.init_count, within=within, **options)
+        if isinstance(command, RedeemCoupon):
+            return await client.redeem(command.code, within=within, **options)
+        return await client.get(command.code, within=within, **options)
+    except OutcomeError as error:
+        return error.event
+
+
+async def _connect(settings: Settings) -> AmqpCouponClient:
+    # Not `contracts.client.connect(url)`, which takes one URL: AMQP_URL may name several nodes,
     # tried in turn at start and on every reconnect, like the worker does.
     try:
         connection = await connect_any(
@@ -46,7 +75,7 @@ async def _connect(settings: Settings) -> CouponClient:
         )
     except Exception as error:
         raise describe_startup_failure(error, settings, "broker") from error
-    return await CouponClient.over(connection, settings.name_prefix)
+    return await AmqpCouponClient.over(connection, settings.name_prefix)
 
 
 async def publish(settings: Settings, args: argparse.Namespace) -> int:
@@ -56,17 +85,16 @@ async def publish(settings: Settings, args: argparse.Namespace) -> int:
         raise StartupError(f"invalid command: {describe(error)}") from None
     async with await _connect(settings) as client:
         if args.wait or args.kind == "get":
+            message_id = args.message_id or str(uuid.uuid4())
             try:
-                received = await client.request(
-                    command, message_id=args.message_id, within=args.timeout
-                )
+                event = await _wait(client, command, message_id, args.timeout)
             except TimeoutError:
                 raise StartupError(
                     f"no outcome within {args.timeout:.0f}s: is a worker running "
                     f"(WORKER_NAME_PREFIX={settings.name_prefix!r})?"
                 ) from None
-            emit(_record(received))
-            return 0 if received.routing_key != "coupon.error" else 1
+            emit(_outcome(event, message_id))
+            return 0 if event.routing_key != "coupon.error" else 1
         message_id = await client.send(command, message_id=args.message_id)
         emit({"event": "sent", "routing_key": command.routing_key, "message_id": message_id})
         return 0
@@ -75,7 +103,7 @@ async def publish(settings: Settings, args: argparse.Namespace) -> int:
 async def follow_events(settings: Settings, pattern: str, limit: int) -> int:
     seen = 0
     async with await _connect(settings) as client:
-        async for received in client.events(pattern):
+        async for received in client.subscribe([pattern]):
             emit(_record(received))
             seen += 1
             if limit and seen >= limit:

@@ -29,7 +29,6 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQu
 from contracts import names
 from contracts.names import Topology
 from worker.messaging.batches import PROCESSING_FAILED
-from worker.messaging.publisher import DEAD_LETTERED_AT_HEADER
 
 # A quorum queue applies acks after the consumer-down that closing their channel causes, so
 # acks sent just before a close can be lost and their letters returned (see the consumer's
@@ -42,7 +41,7 @@ DEATH_HEADERS: Final = frozenset(
     {
         names.ERROR_HEADER,
         names.ERROR_DETAIL_HEADER,
-        DEAD_LETTERED_AT_HEADER,
+        names.DEAD_LETTERED_AT_HEADER,
         "x-death",
         "x-first-death-reason",
         "x-first-death-queue",
@@ -112,7 +111,7 @@ class DeadLetter:
     @property
     def first_death_at(self) -> datetime | None:
         times = [d.get("time") for d in self.deaths]
-        times.append(self.headers.get(DEAD_LETTERED_AT_HEADER))
+        times.append(self.headers.get(names.DEAD_LETTERED_AT_HEADER))
         found = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in times if isinstance(t, datetime)]
         return min(found, default=None)
 

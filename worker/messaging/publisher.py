@@ -22,11 +22,23 @@ from contracts.events import InvalidCommandReply
 from contracts.names import Topology
 from worker.app.outcomes import Outcome
 
-# When the worker dead-lettered a command (an AMQP timestamp); RabbitMQ's own dead letters carry
-# the time in x-death. `coupon-worker dead-letters` shows and filters by it.
-DEAD_LETTERED_AT_HEADER: Final = "x-dead-lettered-at"
-
 BLOCKED_POLL: Final = 0.25  # seconds between looks at the blocked flag while confirms are due
+
+
+class OutcomePublisher(Protocol):
+    """What a batch needs to answer its commands: `Publisher` on one connection, `Outlet` on
+    the current one (and the metrics, tracing and fault-injection decorators around either)."""
+
+    async def publish_outcomes(
+        self, answers: Sequence[tuple[AbstractIncomingMessage, Outcome]]
+    ) -> None:
+        """Publish each command's outcome (and its reply); returns once all are confirmed."""
+
+    async def dead_letter(
+        self, command: AbstractIncomingMessage, error: str, detail: str, reply_error: str
+    ) -> None:
+        """A copy of `command` in the dead-letter queue with its reason (and a reply to its
+        sender); returns once the broker confirmed it."""
 
 
 class Blocking(Protocol):
@@ -110,7 +122,7 @@ class Publisher:
         headers = dict(command.headers or {})
         headers[names.ERROR_HEADER] = error
         headers[names.ERROR_DETAIL_HEADER] = detail
-        headers[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC)
+        headers[names.DEAD_LETTERED_AT_HEADER] = datetime.now(UTC)
         copy = Message(
             command.body,
             headers=headers,

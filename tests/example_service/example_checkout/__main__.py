@@ -7,7 +7,7 @@
 CHECKOUT_DATABASE_URL (SQLAlchemy async URL), COUPON_AMQP_URL and COUPON_PREFIX come from the
 environment. `orders` writes orders `0 … COUNT-1`, each in its own transaction, in bursts; every
 K-th payment is declined after the redeem was staged, so that order and its redeem roll back.
-The relay is coupon-contracts' own: `python -m contracts relay`.
+The relay is coupon-contracts' own: `coupon-contracts relay`.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import os
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from contracts.client import CouponClient
+from contracts.client import connect
 from example_checkout.orders import place_order
 from example_checkout.redemptions import tally_redemptions
 from example_checkout.store import Base
@@ -54,7 +54,7 @@ async def main(options: argparse.Namespace) -> None:
             await write_orders(sessions, options)
         else:
             url, prefix = os.environ["COUPON_AMQP_URL"], os.environ.get("COUPON_PREFIX", "")
-            async with await CouponClient.connect(url, prefix) as client:
+            async with await connect(url, prefix) as client:
                 await tally_redemptions(client, sessions, queue=f"{prefix}{options.queue}")
     finally:
         await engine.dispose()

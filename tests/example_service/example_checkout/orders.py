@@ -3,7 +3,8 @@
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import RedeemCoupon
-from contracts.outbox import Publisher, Relay
+from contracts.client import CouponClient
+from contracts.outbox import Relay
 from example_checkout.store import Order, outbox
 
 
@@ -23,7 +24,7 @@ async def checkout(sessions: async_sessionmaker[AsyncSession], order_id: str, co
         await place_order(session, order_id, code)
 
 
-async def relay_redeems(sessions: async_sessionmaker[AsyncSession], publisher: Publisher) -> None:
+async def relay_redeems(sessions: async_sessionmaker[AsyncSession], client: CouponClient) -> None:
     """Publish what checkouts staged, until cancelled (as a process: `coupon-contracts relay`).
-    The publisher: a `CouponClient`, or `contracts.outbox.AmqpPublisher(amqp_url)`."""
-    await Relay(outbox, sessions, publisher).run()
+    Instead of a client, `contracts.outbox.AmqpPublisher(amqp_url)` publishes too."""
+    await Relay(outbox, sessions, client).run()

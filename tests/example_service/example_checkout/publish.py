@@ -1,9 +1,10 @@
+from contracts import CreateCoupon
 from contracts.client import CouponClient, DoesNotExist, Exhausted
 
 
 async def start_campaign(client: CouponClient, code: str, redemptions: int) -> str:
     # Fire and forget: returns the command's message_id once the broker has it.
-    return await client.create(code, redemptions, wait=False)
+    return await client.send(CreateCoupon(code=code, init_count=redemptions))
 
 
 async def apply_coupon(client: CouponClient, code: str, order_id: str) -> int | None:

@@ -3,12 +3,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 from example_checkout.store import Base
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def sessions() -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """The service's own tables in a PostgreSQL database of this test's own, dropped after it.
     CHECKOUT_DATABASE_URL: a database where this user may CREATE DATABASE."""

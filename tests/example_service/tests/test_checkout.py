@@ -2,14 +2,12 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from example_checkout.consume import tally_redemptions
 from example_checkout.publish import apply_coupon, start_campaign
 
 from contracts.client import CouponClient
-from contracts.testing import ReplayOutcome, assert_matches_golden
-from contracts.testing.collector import EventCollector
+from contracts.testing import CouponBackend, EventCollector, ReplayOutcome, assert_matches_golden
 
 RECORDING = Path(__file__).parent / "recordings" / "black-friday.jsonl"
 
@@ -27,7 +25,7 @@ async def test_a_coupon_is_applied_once_per_order(
 
 
 async def test_redemptions_are_tallied_from_events(
-    coupon_client: CouponClient, coupon_backend: Any
+    coupon_client: CouponClient, coupon_backend: CouponBackend
 ) -> None:
     totals: Counter[str] = Counter()
     queue = f"{coupon_backend.topology.prefix}checkout.redemptions"

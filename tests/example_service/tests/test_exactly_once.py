@@ -1,6 +1,5 @@
 import asyncio
 import logging
-from typing import Any
 
 import pytest
 from example_checkout.orders import checkout, place_order, relay_redeems
@@ -9,8 +8,9 @@ from example_checkout.store import Order, Redemptions, inbox, outbox
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from contracts import RedeemCoupon
 from contracts.client import CouponClient
-from contracts.testing.collector import EventCollector
+from contracts.testing import CouponBackend, EventCollector
 
 
 class PaymentDeclined(Exception):
@@ -44,7 +44,7 @@ async def test_an_order_and_its_redeem_commit_together_or_not_at_all(
 async def test_redemptions_are_tallied_once_even_when_published_twice(
     sessions: async_sessionmaker[AsyncSession],
     coupon_client: CouponClient,
-    coupon_backend: Any,
+    coupon_backend: CouponBackend,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     queue = f"{coupon_backend.topology.prefix}checkout.redemptions"
@@ -59,7 +59,7 @@ async def test_redemptions_are_tallied_once_even_when_published_twice(
         await asyncio.wait_for(tally, 30)
         # The relay died after publishing order 2 and before marking it: it comes again, with
         # the same message_id; the worker answers with the same event, the inbox skips it.
-        await coupon_client.redeem("INBOX-5", message_id="order-2", wait=False)
+        await coupon_client.send(RedeemCoupon(code="INBOX-5"), message_id="order-2")
         await checkout(sessions, "4", "INBOX-5")
         with caplog.at_level(logging.INFO, "example_checkout.redemptions"):
             until_4 = tally_redemptions(coupon_client, sessions, queue=queue, until=4)
@@ -68,7 +68,8 @@ async def test_redemptions_are_tallied_once_even_when_published_twice(
         for task in (relay, tally):
             task.cancel()
         await asyncio.gather(relay, tally, return_exceptions=True)
-        await coupon_backend.delete_queue(queue)
+        for name in (queue, f"{queue}.dead"):  # the subscriber's queue and its dead letters
+            await coupon_backend.delete_queue(name)
     async with sessions() as session:
         assert list(await session.execute(select(Redemptions.code, Redemptions.count))) == [
             ("INBOX-5", 4)
