@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.connection import make_url
 from aio_pika.exceptions import (
     CONNECTION_EXCEPTIONS,
     ChannelNotFoundEntity,
@@ -142,7 +143,7 @@ class AmqpPublisher:
             return self._channel
         try:
             if self._connection is None or self._connection.is_closed:
-                self._connection = await aio_pika.connect(self._url, timeout=self.timeout)
+                self._connection = await self._connect()
             self._channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
@@ -150,6 +151,20 @@ class AmqpPublisher:
             await self.close()
             raise BrokerUnavailable(self._reason(error)) from error
         return self._channel
+
+    async def _connect(self) -> AbstractConnection:
+        # aio_pika.connect drops a connection whose connect failed without closing it; its
+        # close callbacks then run whenever it is collected (possibly as the loop ends).
+        connection = aio_pika.Connection(
+            make_url(self._url), client_properties={"connection_name": "coupon-contracts relay"}
+        )
+        try:
+            await connection.connect(timeout=self.timeout)
+        except BaseException:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS, TimeoutError):
+                await connection.close()
+            raise
+        return connection
 
     def _reason(self, error: BaseException) -> str:
         text = reason(error)
