@@ -29,7 +29,7 @@ from contracts.outbox import (
 )
 from tests.support.blackhole_proxy import BlackholeProxy
 from tests.support.broker import Broker
-from tests.support.client_tables import effects, fresh_client_tables, outbox
+from tests.support.client_tables import SCHEMA, effects, fresh_client_tables, outbox
 from tests.support.services import Services
 
 pytestmark = pytest.mark.timeout(120)
@@ -366,6 +366,8 @@ async def test_the_relay_command_publishes_and_stops_on_sigterm(
         "--prefix",
         broker.topology.prefix,
         "relay",
+        "--schema",
+        SCHEMA,
         "--poll-interval",
         "0.1",
         env=env,
