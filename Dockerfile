@@ -24,14 +24,18 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /app
 
-# Dependencies first, so that a change to the code alone reuses this layer.
+# Dependencies first, so that a change to the code alone reuses this layer. The workspace's
+# member (contracts/, the coupon-contracts distribution) is declared by its pyproject.toml;
+# neither project is installed yet.
 COPY pyproject.toml uv.lock ./
+COPY contracts/pyproject.toml ./contracts/
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --extra tracing --no-install-project
+    uv sync --frozen --no-dev --extra tracing --no-install-workspace
 
-# Then the project itself, installed as a wheel (not editable): the alembic environment and
-# revisions ship in the wheel as the package `migrations`, found as a package resource by
-# `coupon-worker migrate` and `run --migrate`, so the image needs no source tree.
+# Then both projects, installed as wheels (not editable): coupon-contracts (contracts/, its
+# README and CHANGELOG included) and the worker, whose wheel ships worker/ and migrations/ (the
+# alembic environment and revisions, found as a package resource by `coupon-worker migrate`
+# and `run --migrate`), so the image needs no source tree.
 COPY README.md ./
 COPY contracts ./contracts
 COPY worker ./worker

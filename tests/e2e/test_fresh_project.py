@@ -94,7 +94,7 @@ def test_the_example_suite_passes_in_a_project_without_pytest_configuration(
     assert not [p for p in project.rglob("*") if p.name in CONFIG_FILES]
     result = run(python, "-m", "pytest", "-W", "error", "-p", "no:cacheprovider", cwd=project)
     output = ok(result)
-    assert re.search(r"\b3 passed in", output), output
+    assert re.search(r"\b4 passed in", output), output
     assert "warning" not in output.lower(), output
 
 
@@ -126,3 +126,20 @@ def test_mypy_strict_reports_a_misspelt_keyword_against_the_installed_wheel(
 def test_the_console_script_is_installed(python: Path) -> None:
     version = ok(run(python.parent / "coupon-contracts", "--version"))
     assert version.strip() == "wire contract v1.1"
+
+
+def test_pytest_fixtures_documents_every_coupon_fixture(python: Path, tmp_path: Path) -> None:
+    listed = ok(run(python, "-m", "pytest", "--fixtures", "-p", "no:cacheprovider", cwd=tmp_path))
+    fixtures = [
+        "coupon_backend",
+        "coupon_backend_factory",
+        "coupon_backend_name",
+        "coupon_client",
+        "coupon_events",
+        "coupon_replay",
+    ]
+    for name in fixtures:
+        entry = re.search(rf"^{name}\b.*\n(?P<doc>.*)$", listed, re.MULTILINE)
+        assert entry, f"{name} is not listed:\n{listed}"
+        assert entry["doc"].strip() and "no docstring" not in entry["doc"], entry.group(0)
+    assert "A `contracts.client.CouponClient` of this test's backend" in listed

@@ -1,5 +1,6 @@
-"""The client guide's examples are files that tests run (tests/example_service), included
-verbatim: a code block after `<!-- include: PATH -->` must be that file, byte for byte."""
+"""The client guide's examples (contracts/README.md, the coupon-contracts package README) are
+files that tests run (tests/example_service), included verbatim: a code block after
+`<!-- include: PATH -->` must be that file, byte for byte."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from contracts.recording import read_messages
 
 ROOT = Path(__file__).parents[2]
-GUIDE = "docs/client-guide.md"
+GUIDE = "contracts/README.md"
 INCLUDE = re.compile(r"<!-- include: (?P<path>\S+) -->\n```python\n(?P<code>.*?)```", re.DOTALL)
 
 
@@ -17,6 +18,7 @@ def test_included_examples_are_the_files_the_tests_run() -> None:
     readme = (ROOT / GUIDE).read_text()
     included = {m["path"]: m["code"] for m in INCLUDE.finditer(readme)}
     assert set(included) == {
+        "tests/example_service/example_checkout/quickstart.py",
         "tests/example_service/example_checkout/publish.py",
         "tests/example_service/example_checkout/consume.py",
         "tests/example_service/tests/test_checkout.py",
@@ -26,7 +28,7 @@ def test_included_examples_are_the_files_the_tests_run() -> None:
         "tests/example_service/example_checkout/redemptions.py",
     }
     for path, code in included.items():
-        assert code == (ROOT / path).read_text(), f"docs/client-guide.md: {path} is out of date"
+        assert code == (ROOT / path).read_text(), f"{GUIDE}: {path} is out of date"
 
 
 def test_the_sections_that_show_them_exist() -> None:

@@ -5,11 +5,22 @@ from pathlib import Path
 
 from example_checkout.consume import tally_redemptions
 from example_checkout.publish import apply_coupon, start_campaign
+from example_checkout.quickstart import spring_campaign
 
 from contracts.client import CouponClient
 from contracts.testing import CouponBackend, EventCollector, ReplayOutcome, assert_matches_golden
 
 RECORDING = Path(__file__).parent / "recordings" / "black-friday.jsonl"
+
+
+async def test_the_quick_start(coupon_client: CouponClient) -> None:
+    assert await spring_campaign(coupon_client) == [
+        "created SPRING-24 (2 left)",
+        "order-1234: 1 left",
+        "order-1234: 1 left",  # the same message_id: the same answer, no second use
+        "order-1235: 0 left",
+        "order-1236: refused, coupon 'SPRING-24' has no redemptions left",
+    ]
 
 
 async def test_a_coupon_is_applied_once_per_order(
