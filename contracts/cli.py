@@ -7,7 +7,9 @@ for `record` and `replay`).
   until `--limit`, `--duration`, or SIGINT/SIGTERM;
 - `replay FILE`: publish a recording again, in order, confirmed: the same message_ids make it
   idempotent. A bad line is reported with its number and, unless `--skip-bad-lines`, nothing is
-  published (no partial replay).
+  published (no partial replay);
+- `relay`: publish the commands staged in an outbox table until stopped (`outbox` extra;
+  `contracts.outbox.command`, its database from `COUPON_RELAY_DATABASE_URL`).
 
 The broker is `--url` (else `COUPON_AMQP_URL`, `AMQP_URL`, or a local RabbitMQ) and the names
 carry `--prefix` (else `COUPON_NAME_PREFIX`). `coupon-worker record` / `replay` are the same
@@ -71,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("schema", help="JSON Schema of every command, event and reply")
     add_recording_parsers(commands)
+    relay = commands.add_parser(
+        "relay",
+        help="publish the commands staged in an outbox table (the `outbox` extra)",
+        description="Publish the commands staged in an outbox table (contracts.outbox) until "
+        "SIGTERM/SIGINT. The database: COUPON_RELAY_DATABASE_URL (environment only).",
+    )
+    try:
+        from contracts.outbox.command import add_arguments
+    except ImportError:  # without the extra, `relay` says what to install when run
+        relay.set_defaults(missing_extra=True)
+    else:
+        add_arguments(relay)
     return parser
 
 
@@ -128,6 +142,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     env = os.environ
     url = args.url or env.get("COUPON_AMQP_URL") or env.get("AMQP_URL") or DEFAULT_URL
     prefix = args.prefix if args.prefix is not None else env.get("COUPON_NAME_PREFIX", "")
+    if args.command == "relay":
+        if getattr(args, "missing_extra", False):
+            print("coupon-contracts: relay needs coupon-contracts[outbox]", file=sys.stderr)  # noqa: T201
+            sys.exit(EXIT_USAGE)
+        from contracts.outbox.command import main as relay
+
+        sys.exit(relay(args, url, prefix))
 
     async def connect(name: str) -> AbstractConnection:
         import aio_pika

@@ -22,7 +22,11 @@ def run_example_suite(
     services: Services, *args: str, where: Path = EXAMPLE
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COUPON_"))}
-    env.update(COUPON_AMQP_URL=services.amqp_url, COUPON_DATABASE_URL=services.database_url)
+    env.update(
+        COUPON_AMQP_URL=services.amqp_url,
+        COUPON_DATABASE_URL=services.database_url,
+        CHECKOUT_DATABASE_URL=services.database_url,
+    )
     options = ["-p", "no:cacheprovider", "--rootdir", str(where), "--confcutdir", str(where)]
     return subprocess.run(
         [
@@ -53,12 +57,12 @@ def passed(result: subprocess.CompletedProcess[str]) -> int:
 
 @pytest.mark.timeout(600)
 def test_the_example_suite_passes_in_memory(services: Services) -> None:
-    assert passed(run_example_suite(services)) == 4
+    assert passed(run_example_suite(services)) == 6
 
 
 @pytest.mark.timeout(600)
 def test_the_example_suite_passes_against_a_real_worker(services: Services) -> None:
-    assert passed(run_example_suite(services, "--coupon-backend=real", "-k", "not golden")) == 3
+    assert passed(run_example_suite(services, "--coupon-backend=real", "-k", "not golden")) == 5
 
 
 @pytest.mark.timeout(600)
@@ -86,4 +90,4 @@ def test_a_changed_outcome_fails_with_a_readable_diff(services: Services, tmp_pa
     # --coupon-update-golden rewrites it, and the suite passes again.
     assert run_example_suite(services, "--coupon-update-golden", where=copy).returncode == 0
     assert golden.read_text() == (EXAMPLE / "tests" / "golden" / "black-friday.jsonl").read_text()
-    assert passed(run_example_suite(services, where=copy)) == 4
+    assert passed(run_example_suite(services, where=copy)) == 6

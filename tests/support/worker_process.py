@@ -1,4 +1,5 @@
-"""The worker as a separate process, exactly as an operator runs it."""
+"""The worker as a separate process, exactly as an operator runs it (and, through `command`,
+any other Python process a fault test starts, kills and reads the output of)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,26 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+WORKER_COMMAND = ("-m", "worker", "run")
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], name: str = "worker") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        name: str = "worker",
+        *,
+        command: Sequence[str] = WORKER_COMMAND,
+        cwd: Path | None = None,
+    ) -> None:
         self.env = env
         self.name = name
+        self.command = tuple(command)
+        self.cwd = cwd
         self.lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -29,8 +43,9 @@ class WorkerProcess:
         environment.update({"WORKER_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
         environment.update(self.env)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", *args],
+            [sys.executable, *self.command, *args],
             env=environment,
+            cwd=self.cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

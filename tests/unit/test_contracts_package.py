@@ -140,7 +140,9 @@ def test_the_coupon_contracts_distribution_declares_what_its_modules_import() ->
     """contracts/pyproject.toml (the client distribution) must declare every third-party
     import of the package: pydantic for the models, aio-pika for the `client` extra, pytest and
     pytest-asyncio (plus aio-pika) for the `testing` extra, whose real backend alone needs the
-    worker's asyncpg; OpenTelemetry's API only for the `tracing` extra."""
+    worker's asyncpg; OpenTelemetry's API only for the `tracing` extra; SQLAlchemy (with asyncpg,
+    the driver its PostgreSQL statements are for) for the `inbox` extra, and aio-pika too for the
+    `outbox` extra (its relay publishes)."""
     folder = Path(contracts.__file__).parent
     project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
@@ -155,6 +157,12 @@ def test_the_coupon_contracts_distribution_declares_what_its_modules_import() ->
     assert project["scripts"] == {"coupon-contracts": "contracts.cli:main"}
     # The client injects the current trace only when OpenTelemetry is there (extra `tracing`).
     assert [d.split(">")[0] for d in extras["tracing"]] == ["opentelemetry-api"]
+    assert [d.split(">")[0] for d in extras["inbox"]] == ["asyncpg", "sqlalchemy[asyncio]"]
+    assert [d.split(">")[0] for d in extras["outbox"]] == [
+        "aio-pika",
+        "asyncpg",
+        "sqlalchemy[asyncio]",
+    ]
 
     def third_party(module: Path) -> set[str]:
         return _imported_roots(module) - set(sys.stdlib_module_names) - {"contracts"}
@@ -166,8 +174,12 @@ def test_the_coupon_contracts_distribution_declares_what_its_modules_import() ->
             assert "aio_pika" in roots and roots <= {"aio_pika", "pydantic", "opentelemetry"}
         elif module.name in client_modules:
             assert "aio_pika" in roots and roots <= {"aio_pika", "pydantic"}, module
+        elif module.name == "inbox.py":
+            assert roots == {"sqlalchemy"}, module
         else:
             assert roots <= {"pydantic", "pydantic_core"}, module
+    for module in sorted((folder / "outbox").glob("*.py")):
+        assert third_party(module) <= {"aio_pika", "sqlalchemy"}, module
     for module in sorted((folder / "testing").glob("*.py")):
         allowed = {"aio_pika", "pydantic", "pytest", "pytest_asyncio"}
         if module.name == "real.py":

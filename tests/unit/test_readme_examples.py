@@ -22,6 +22,10 @@ def test_included_examples_are_the_files_the_tests_run() -> None:
         "tests/example_service/example_checkout/publish.py",
         "tests/example_service/example_checkout/consume.py",
         "tests/example_service/tests/test_checkout.py",
+        "tests/example_service/example_checkout/store.py",
+        "tests/example_service/alembic/0001_coupon_outbox_inbox.py",
+        "tests/example_service/example_checkout/orders.py",
+        "tests/example_service/example_checkout/redemptions.py",
     }
     for path, code in included.items():
         assert code == (ROOT / path).read_text(), f"{GUIDE}: {path} is out of date"
@@ -29,7 +33,12 @@ def test_included_examples_are_the_files_the_tests_run() -> None:
 
 def test_the_sections_that_show_them_exist() -> None:
     readme = (ROOT / GUIDE).read_text()
-    for title in ("Publish commands", "Consume events", "Replay a queue in your tests"):
+    for title in (
+        "Publish commands",
+        "Consume events",
+        "Exactly once across services: outbox and inbox",
+        "Replay a queue in your tests",
+    ):
         assert f"\n## {title}\n" in readme
 
 
