@@ -40,7 +40,8 @@ test-cluster: setup test-services
 # Reliability table rendered from them. A disruptive test waits for the machine's service lock;
 # that wait does not count against its timeout (timeout_func_only in pyproject.toml).
 reliability: setup test-services
-	RELIABILITY_RESULTS=tests/results/reliability.json $(UV) run pytest -m faults $(PYTEST_ARGS)
+	RELIABILITY_RESULTS=tests/results/reliability.json $(UV) run pytest -m faults \
+		--junitxml=tests/results/reliability.junit.xml $(PYTEST_ARGS)
 	$(UV) run python -m tests.support.reliability_table --write README.md
 
 lint: setup
