@@ -36,20 +36,22 @@ test-fast: setup test-services
 test-cluster: setup test-services
 	$(UV) run pytest -m cluster $(PYTEST_ARGS)
 
-# The fault suite, its figures kept in tests/results/reliability.json, and the README's
-# Reliability table rendered from them. A disruptive test waits for the machine's service lock;
-# that wait does not count against its timeout (timeout_func_only in pyproject.toml).
+# The fault suite (the cluster tests included), its figures kept in tests/results/reliability.json
+# beside pytest's own record of the run (reliability.junit.xml, the FIGURES lines in it), and the
+# Reliability and Past-one-machine tables of docs/reliability.md rendered from them, failed tests
+# or not (the exit status is the suite's). A disruptive test waits for the machine's service
+# lock; that wait does not count against its timeout (timeout_func_only in pyproject.toml).
 reliability: setup test-services
 	RELIABILITY_RESULTS=tests/results/reliability.json $(UV) run pytest -m faults \
-		--junitxml=tests/results/reliability.junit.xml $(PYTEST_ARGS)
-	$(UV) run python -m tests.support.reliability_table --write README.md
+		--junitxml=tests/results/reliability.junit.xml $(PYTEST_ARGS); status=$$?; \
+	$(UV) run python -m tests.support.reliability_table --write docs/reliability.md && exit $$status
 
 lint: setup
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy
 
-# The worker against a broker-only ceiling (README "Performance"): BENCH_ARGS="--commands 5000",
+# The worker against a broker-only ceiling (docs/performance.md): BENCH_ARGS="--commands 5000",
 # worker knobs as flags or WORKER_* variables; results in benchmarks/results/.
 BENCH_ARGS ?=
 bench: setup services
@@ -59,7 +61,7 @@ bench: setup services
 bench-quick: setup services
 	$(UV) run python -m benchmarks --quick $(BENCH_ARGS)
 
-# The README "Performance" tables from a result file (BENCH_RESULT, default latest.json;
+# The Performance tables (docs/performance.md) from a result file (BENCH_RESULT, default latest.json;
 # BENCH_BEFORE, a result file of the previous worker, adds its column).
 BENCH_RESULT ?= benchmarks/results/latest.json
 BENCH_BEFORE ?=

@@ -1,5 +1,5 @@
 """`make bench` (= `uv run python -m benchmarks`): the worker as a user runs it, against a
-broker-only ceiling, on the local RabbitMQ and PostgreSQL. See README "Performance".
+broker-only ceiling, on the local RabbitMQ and PostgreSQL. See docs/performance.md.
 
 Writes benchmarks/results/<UTC timestamp>.json and benchmarks/results/latest.json, prints the
 README tables. Exit 1 if the worker lost or doubled a command (or the run cannot be trusted),

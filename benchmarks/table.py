@@ -1,6 +1,6 @@
-"""`python -m benchmarks.table [RESULT.json]` (or `make bench-table`): the README
-"Performance" tables, rendered from a result file (default benchmarks/results/latest.json), so
-that every figure in the README comes from a result file."""
+"""`python -m benchmarks.table [RESULT.json]` (or `make bench-table`): the tables of
+docs/performance.md, rendered from a result file (default benchmarks/results/latest.json), so
+that every figure in the docs comes from a result file."""
 
 from __future__ import annotations
 

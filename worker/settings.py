@@ -1,6 +1,6 @@
 """All configuration, read once from the environment in `main` and passed down.
 
-Over the ~200 lines a module aims for: one `Settings` with every variable the README's
+Over the ~200 lines a module aims for: one `Settings` with every variable docs/operations.md's
 Configuration table lists, their validators, and the URL helpers they need (several broker
 nodes, the heartbeat in each URL, redaction and the secrets to scrub). The URL helpers could
 move beside `worker.addresses`; they stay here while the merged issues settle."""
@@ -97,14 +97,15 @@ class Settings(BaseSettings):
         "is dead-lettered as ProcessingFailed",
     )
     # True when an operator's policy gives a queue declared under contract v1 at-least-once
-    # dead-lettering (queue arguments cannot change); see README, "Dead letters".
+    # dead-lettering (queue arguments cannot change); see docs/operations.md, "Dead letters".
     dead_lettering_by_policy: bool = Field(
         default=False,
         description="true when a broker policy gives a coupon.worker declared under contract "
-        "v1 at-least-once dead-lettering (README, Dead letters)",
+        "v1 at-least-once dead-lettering (docs/operations.md, Dead letters)",
     )
 
-    # The four defaults below come from the benchmark: README, "How the defaults were chosen".
+    # The four defaults below come from the benchmark: docs/performance.md, "How the defaults
+    # were chosen".
     prefetch: Annotated[int, Field(ge=1, le=10_000)] = Field(
         default=500, description="unacknowledged deliveries per worker (1-10000)"
     )
@@ -124,8 +125,8 @@ class Settings(BaseSettings):
     )
 
     # Silent peers (a partition, a dropped conntrack entry, a frozen VM close no socket): how
-    # soon a connection that went quiet is given up. README "Configuration" says what each
-    # trades; `worker/keepalive.py` and `worker/db/engine.py` apply them.
+    # soon a connection that went quiet is given up. docs/operations.md "Configuration" says what
+    # each trades; `worker/keepalive.py` and `worker/db/engine.py` apply them.
     amqp_heartbeat: Annotated[int, Field(ge=0, le=600)] | None = Field(
         default=None,
         description=f"AMQP heartbeat timeout, s (0-600; 0: off); unset: AMQP_URL's heartbeat= "

@@ -6,9 +6,9 @@ the run was (when, on which commit, on what machine, how the tests ended), to th
 its end (`tests/conftest.py` calls `write_results`). Each `FIGURES` line is also a property of
 its test case in pytest's own record of the run (`--junitxml`, which `write_results` requires
 and names in the file as `raw_record`): `tests/unit/test_reliability_table.py` rebuilds the
-JSON's figures from it and compares, so a figure edited by hand shows. The README's Reliability
-table is rendered from such a file by `python -m tests.support.reliability_table`, so that
-every figure it shows comes from one stored run: `make reliability` does all of it.
+JSON's figures from it and compares, so a figure edited by hand shows. The tables of
+docs/reliability.md are rendered from such a file by `python -m tests.support.reliability_table`,
+so that every figure they show comes from one stored run: `make reliability` does all of it.
 """
 
 from __future__ import annotations

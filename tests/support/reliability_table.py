@@ -1,12 +1,13 @@
-"""Render the README's Reliability table from one stored run of the fault suite.
+"""Render the Reliability table (docs/reliability.md) from one stored run of the fault suite.
 
     uv run python -m tests.support.reliability_table                 # print it
-    uv run python -m tests.support.reliability_table --write README.md   # replace it there
+    uv run python -m tests.support.reliability_table --write docs/reliability.md  # replace it
 
 It reads the result file that run wrote (`RELIABILITY_RESULTS=…`, see tests/support/figures.py;
 default `tests/results/reliability.json`) and fills every measured figure from it: a figure the
-file lacks stops the rendering, so the table never shows a number no run produced. In the README
-the table sits between the markers `<!-- reliability:start -->` and `<!-- reliability:end -->`.
+file lacks stops the rendering, so the table never shows a number no run produced. In
+docs/reliability.md the table sits between the markers `<!-- reliability:start -->` and
+`<!-- reliability:end -->`.
 """
 
 from __future__ import annotations
@@ -396,7 +397,9 @@ def render(document: dict[str, Any], source: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    parser.add_argument("--write", type=Path, help="replace the table in this file (README.md)")
+    parser.add_argument(
+        "--write", type=Path, help="replace the table in this file (docs/reliability.md)"
+    )
     options = parser.parse_args(argv)
     table = render(json.loads(options.results.read_text()), str(options.results))
     if options.write is None:

@@ -1,4 +1,4 @@
-"""The README's Reliability table is the rendering of the stored fault-suite run, nothing else."""
+"""docs/reliability.md's table is the rendering of the stored fault-suite run, nothing else."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from tests.support.reliability_table import DEFAULT_RESULTS, END, START, render
 
 ROOT = Path(__file__).resolve().parents[2]
+PAGE = "docs/reliability.md"
 
 
 def stored_run() -> dict[str, Any]:
@@ -21,11 +22,11 @@ def stored_run() -> dict[str, Any]:
 
 def test_the_readme_table_is_rendered_from_the_stored_run() -> None:
     rendered = render(stored_run(), str(DEFAULT_RESULTS))
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / PAGE).read_text()
     assert f"{START}\n{rendered}\n{END}" in readme, (
-        "README.md's Reliability table differs from tests/results/reliability.json: "
+        "docs/reliability.md's Reliability table differs from tests/results/reliability.json: "
         "run `make reliability` (or render it: python -m tests.support.reliability_table "
-        "--write README.md)"
+        "--write docs/reliability.md)"
     )
 
 

@@ -36,7 +36,7 @@ from worker.testing.injection import FaultInjection
 
 log = structlog.stdlib.get_logger("worker")
 
-EXIT_STUCK = 1  # unable to consume for WORKER_STUCK_LIMIT (README, "Never stuck")
+EXIT_STUCK = 1  # unable to consume for WORKER_STUCK_LIMIT (docs/operations.md, "Never stuck")
 
 
 async def serve(settings: Settings, redact: Callable[[str], str], migrate: bool = False) -> int:

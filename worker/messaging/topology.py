@@ -133,7 +133,8 @@ async def verify(connection: AbstractConnection, topology: Topology) -> None:
         raise TopologyError(
             "WORKER_DECLARE_TOPOLOGY=false, but the broker lacks "
             + ", ".join(missing)
-            + ": an operator must declare them (see README, 'Least-privilege deployment'), "
+            + ": an operator must declare them (see docs/operations.md, "
+            "'Least-privilege deployment'), "
             "or run a worker once with permission to declare them"
         )
 
