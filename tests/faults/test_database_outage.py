@@ -133,6 +133,7 @@ async def test_database_outage_holds_commands_and_catches_up(
         capsys,
         outage_seconds=outage.down_seconds,
         commands_sent_during_outage=len(sent_in_outage),
+        answered_during_outage=len(answered_in_outage),
         first_outcome_seconds_after_postgres_answered=round(resumed, 1),
         **resume.figures("resume"),
         processed_seconds_after_postgres_answered=round(after_answering, 1),

@@ -163,7 +163,7 @@ async def partition_and_recover(
         database_unavailable_logged=outage_logs,
         connections_silenced=proxy.silenced,
         connections_swallowed=proxy.swallowed,
-        worker_restarts=0,
+        worker_starts=len(worker.events("worker_ready")),
     )
     report.assert_ok()
     assert report.lost == 0 and report.doubled == 0 and report.dead_lettered == 0
