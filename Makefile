@@ -52,10 +52,12 @@ lint: setup
 	$(UV) run mypy
 
 # The worker against a broker-only ceiling (docs/performance.md): BENCH_ARGS="--commands 5000",
-# worker knobs as flags or WORKER_* variables; results in benchmarks/results/.
+# worker knobs as flags or WORKER_* variables; results and their raw record in
+# benchmarks/results/, then the tables of docs/performance.md rendered from the new result.
 BENCH_ARGS ?=
 bench: setup services
 	$(UV) run python -m benchmarks $(BENCH_ARGS)
+	$(UV) run python -m benchmarks.table benchmarks/results/latest.json --write docs/performance.md
 
 # The same, end to end with small counts (a smoke test, not figures).
 bench-quick: setup services

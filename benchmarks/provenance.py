@@ -92,3 +92,17 @@ def freshness(commit: str, paths: tuple[str, ...], *, dirty_run: bool = False) -
     names = git("diff", "--name-only", commit, "HEAD", "--", *paths).stdout.split()
     # The phrase does not list the files: a page rendered stale stays true as more changes land.
     return Freshness(commit, False, tuple(names), "the code under test changed since")
+
+
+def figures_line(label: str, figures: dict[str, object]) -> str:
+    """`FIGURES [label] k=v …`: how a run states a measurement in its raw record (the fault
+    suite's tests and the benchmark's runs alike; values without spaces)."""
+    return f"FIGURES [{label}] " + " ".join(f"{key}={value}" for key, value in figures.items())
+
+
+def parse_figures_line(text: str) -> tuple[str, dict[str, str]]:
+    """(label, {key: value as written}) of a `figures_line`."""
+    if not text.startswith("FIGURES ["):
+        raise ValueError(f"not a FIGURES line: {text[:80]!r}")
+    label, _, pairs = text.removeprefix("FIGURES [").partition("] ")
+    return label, dict(pair.partition("=")[::2] for pair in pairs.split(" ") if pair)

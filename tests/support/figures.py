@@ -41,7 +41,8 @@ def _plain(value: object) -> Any:
 
 
 def line(label: str, figures: dict[str, object]) -> str:
-    return f"FIGURES [{label}] " + " ".join(f"{key}={value}" for key, value in figures.items())
+    """The `FIGURES [label] k=v …` line of a test's figures."""
+    return provenance.figures_line(label, figures)
 
 
 def running(item: pytest.Item | None) -> None:
