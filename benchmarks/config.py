@@ -27,7 +27,7 @@ KNOBS: dict[str, tuple[str, str]] = {
     "pool_size": ("WORKER_DB_POOL_SIZE", "db_pool_size"),
 }
 WORKLOAD_NAMES = ("create", "redeem", "redeem-hot", "mixed")
-QUICK_COMMANDS = 500
+QUICK_COMMANDS = 2000  # windows of a second or more: 500 gave sub-second windows, start-up noise
 REPETITIONS = 3  # interleaved repetitions per figure (ceiling, worker, ceiling, worker, ...)
 FLOOR = 0.5  # CI's quick benchmark fails a workload whose worker is below this share of the ceiling
 LOOPS = ("asyncio", "uvloop")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "broker-only ceiling process, on the local RabbitMQ and PostgreSQL (AMQP_URL, "
         "DATABASE_URL). Fails (exit 1) if the worker lost or doubled any command.",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke test: small counts (500)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: small counts (2000)")
     parser.add_argument("--commands", type=int, help="preloaded commands per run (20000)")
     parser.add_argument("--memory-commands", type=int, help="long run for peak RSS (100000)")
     parser.add_argument("--memory-workload", choices=WORKLOAD_NAMES, default="mixed")
