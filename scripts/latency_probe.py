@@ -35,7 +35,7 @@ from tests.support.database import create_database, drop_database
 from worker.app.pipeline import Envelope, Pipeline
 from worker.entrypoints import run
 from worker.logs import configure_logging
-from worker.messaging.batches import BatchHandler
+from worker.messaging.batches import BatchRunner
 from worker.messaging.intake import Intake
 from worker.messaging.publisher import Publisher
 from worker.settings import Settings
@@ -76,7 +76,7 @@ def instrument() -> None:
 
     nothing: Callable[[Any], None] = lambda _: None  # noqa: E731
     wrap(Intake, "_receive", delivered, nothing)
-    wrap(BatchHandler, "__call__", each("batched", lambda m: m.message_id), nothing)
+    wrap(BatchRunner, "run", each("batched", lambda m: m.message_id), nothing)
     envelope_id: Callable[[Envelope], object] = lambda e: e.message_id  # noqa: E731
     wrap(
         Pipeline,

@@ -1,4 +1,4 @@
-"""In-memory fakes of the ports (worker/domain/ports.py, worker/app/ports.py), for unit tests.
+"""In-memory fakes of the ports (worker/app/ports.py), for unit tests.
 
 They keep the promises the real adapters make (tests/integration/test_storage_contract.py runs
 the same tests against both): coupons are loaded and locked in code order, a code created by a
@@ -22,9 +22,8 @@ from typing import Self
 
 from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
-from worker.app.ports import ProcessedCommands, UnitOfWork
+from worker.app.ports import CouponRepository, ProcessedCommands, UnitOfWork
 from worker.domain.model import Coupon
-from worker.domain.ports import CouponRepository
 
 
 @dataclass

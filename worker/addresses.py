@@ -1,4 +1,5 @@
-"""Service URLs that name several nodes: a RabbitMQ cluster, a PostgreSQL primary and standby.
+"""Service URLs: several nodes in one (a RabbitMQ cluster, a PostgreSQL primary and standby),
+the heartbeat an AMQP URL asks for, and what a URL must never show (redaction, its secrets).
 
 `AMQP_URL` may hold several complete URLs separated by commas; the robust connection
 (`worker.messaging.failover`) tries them in turn, at start and on every reconnect. Only a comma
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import re
 from typing import Final
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 from pydantic import PostgresDsn
+from yarl import URL
 
 MAX_ADDRESSES: Final = 16  # a bound on what one setting may expand into
 
@@ -99,3 +101,97 @@ def checked_database_url(raw: str) -> str:
         return raw
     PostgresDsn(raw)  # also reads libpq's host list `@h1:5432,h2:5433/`
     return postgres_hosts_in_query(raw)
+
+
+def _parsed(url: str) -> URL | None:
+    """The URL as yarl reads it (as aiormq does AMQP_URL), or None if it is not an absolute
+    URL with a host."""
+    try:
+        parsed = URL(url)
+        return parsed if parsed.absolute and parsed.scheme else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _is_password_parameter(name: str) -> bool:
+    # libpq and asyncpg also take the password as a query parameter (`?password=...`).
+    return "password" in name.lower()
+
+
+def with_heartbeat(url: str, seconds: int) -> str:
+    """`url` with `heartbeat=seconds` in its query, unless it asks for a heartbeat already."""
+    if url_heartbeat(url) is not None:
+        return url
+    head, hash_, fragment = url.partition("#")
+    joiner = "" if head.endswith(("?", "&")) else "&" if "?" in head else "?"
+    return f"{head}{joiner}heartbeat={seconds}{hash_}{fragment}"
+
+
+def urls_heartbeat(urls: list[str]) -> int | None:
+    """The heartbeat the nodes' URLs ask for, or None; nodes that disagree are refused."""
+    asked = {seconds for seconds in map(url_heartbeat, urls) if seconds is not None}
+    if len(asked) > 1:
+        raise ValueError(f"the AMQP_URL nodes ask for different heartbeats {sorted(asked)}")
+    return asked.pop() if asked else None
+
+
+def url_heartbeat(url: str) -> int | None:
+    """The `heartbeat` query parameter of an AMQP URL (seconds), or None without one."""
+    values = parse_qs(urlsplit(url).query).get("heartbeat")
+    if not values:
+        return None
+    try:
+        seconds = int(values[0])  # the first, as aiormq (yarl's MultiDict.get) reads it
+    except ValueError:
+        raise ValueError(f"heartbeat={values[0]!r} in AMQP_URL is not a whole number") from None
+    if not 0 <= seconds <= 600:
+        raise ValueError(f"heartbeat={seconds} in AMQP_URL is out of range (0-600 seconds)")
+    return seconds
+
+
+def redact_url(url: str) -> str:
+    """`scheme://user:***@host:port/path`: where a URL points, without its password. A
+    comma-separated list of URLs gives the list of their redactions."""
+    return ",".join(_redact_one(part) for part in split_urls(url))
+
+
+def _redact_one(url: str) -> str:
+    parsed = _parsed(url)
+    if parsed is None:
+        return "***"
+    if parsed.password is not None:
+        parsed = parsed.with_password("***")
+    if any(_is_password_parameter(name) for name in parsed.query):
+        parsed = parsed.with_query(
+            [
+                (name, "***" if _is_password_parameter(name) else value)
+                for name, value in parsed.query.items()
+            ]
+        )
+    # An '@' that yarl did not take for the end of the credentials: a password with '/', '?'
+    # or '#' written unencoded ends the authority early, and may show in the path.
+    if parsed.raw_user is None and parsed.raw_password is None and "@" in url:
+        return "***"
+    return str(parsed)
+
+
+def url_password(url: str) -> str | None:
+    """The password embedded in a URL, so that logs can scrub it wherever it turns up."""
+    parsed = _parsed(url)
+    return (parsed.password or None) if parsed is not None else None
+
+
+def url_secrets(url: str) -> list[str]:
+    """The URL's password and its password parameters, each decoded and as written."""
+    parsed = _parsed(url)
+    if parsed is None:
+        return []
+    # yarl re-encodes what it reads (`%2C` comes back as `,`): the form as written is taken
+    # from the string itself, between the user's ':' and the '@' that ends the credentials.
+    written = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    found = [parsed.password or "", parsed.raw_password or "", written if parsed.password else ""]
+    for pair in parsed.raw_query_string.split("&"):
+        name, _, raw = pair.partition("=")
+        if _is_password_parameter(unquote(name)):
+            found += [raw, unquote(raw)]
+    return list(dict.fromkeys(secret for secret in found if secret))

@@ -1,9 +1,9 @@
 """All configuration, read once from the environment in `main` and passed down.
 
 Over the ~200 lines a module aims for: one `Settings` with every variable docs/operations.md's
-Configuration table lists, their validators, and the URL helpers they need (several broker
-nodes, the heartbeat in each URL, redaction and the secrets to scrub). The URL helpers could
-move beside `worker.addresses`; they stay here while the merged issues settle."""
+Configuration table lists and their validators, which is one list a reader wants in one place.
+What the validators need of URLs (several nodes, the heartbeat in each, redaction, the secrets
+to scrub) is `worker.addresses`'."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Final
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import AmqpDsn, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from yarl import URL
 
-from worker.addresses import checked_database_url, split_amqp_urls, split_urls
+from worker.addresses import (
+    checked_database_url,
+    split_amqp_urls,
+    split_urls,
+    url_secrets,
+    urls_heartbeat,
+    with_heartbeat,
+)
 
 
 class LogFormat(StrEnum):
@@ -271,100 +276,6 @@ class Settings(BaseSettings):
         return level
 
 
-def _parsed(url: str) -> URL | None:
-    """The URL as yarl reads it (as aiormq does AMQP_URL), or None if it is not an absolute
-    URL with a host."""
-    try:
-        parsed = URL(url)
-        return parsed if parsed.absolute and parsed.scheme else None
-    except (ValueError, TypeError):
-        return None
-
-
-def _is_password_parameter(name: str) -> bool:
-    # libpq and asyncpg also take the password as a query parameter (`?password=...`).
-    return "password" in name.lower()
-
-
-def with_heartbeat(url: str, seconds: int) -> str:
-    """`url` with `heartbeat=seconds` in its query, unless it asks for a heartbeat already."""
-    if url_heartbeat(url) is not None:
-        return url
-    head, hash_, fragment = url.partition("#")
-    joiner = "" if head.endswith(("?", "&")) else "&" if "?" in head else "?"
-    return f"{head}{joiner}heartbeat={seconds}{hash_}{fragment}"
-
-
-def urls_heartbeat(urls: list[str]) -> int | None:
-    """The heartbeat the nodes' URLs ask for, or None; nodes that disagree are refused."""
-    asked = {seconds for seconds in map(url_heartbeat, urls) if seconds is not None}
-    if len(asked) > 1:
-        raise ValueError(f"the AMQP_URL nodes ask for different heartbeats {sorted(asked)}")
-    return asked.pop() if asked else None
-
-
-def url_heartbeat(url: str) -> int | None:
-    """The `heartbeat` query parameter of an AMQP URL (seconds), or None without one."""
-    values = parse_qs(urlsplit(url).query).get("heartbeat")
-    if not values:
-        return None
-    try:
-        seconds = int(values[0])  # the first, as aiormq (yarl's MultiDict.get) reads it
-    except ValueError:
-        raise ValueError(f"heartbeat={values[0]!r} in AMQP_URL is not a whole number") from None
-    if not 0 <= seconds <= 600:
-        raise ValueError(f"heartbeat={seconds} in AMQP_URL is out of range (0-600 seconds)")
-    return seconds
-
-
-def redact_url(url: str) -> str:
-    """`scheme://user:***@host:port/path`: where a URL points, without its password. A
-    comma-separated list of URLs gives the list of their redactions."""
-    return ",".join(_redact_one(part) for part in split_urls(url))
-
-
-def _redact_one(url: str) -> str:
-    parsed = _parsed(url)
-    if parsed is None:
-        return "***"
-    if parsed.password is not None:
-        parsed = parsed.with_password("***")
-    if any(_is_password_parameter(name) for name in parsed.query):
-        parsed = parsed.with_query(
-            [
-                (name, "***" if _is_password_parameter(name) else value)
-                for name, value in parsed.query.items()
-            ]
-        )
-    # An '@' that yarl did not take for the end of the credentials: a password with '/', '?'
-    # or '#' written unencoded ends the authority early, and may show in the path.
-    if parsed.raw_user is None and parsed.raw_password is None and "@" in url:
-        return "***"
-    return str(parsed)
-
-
-def url_password(url: str) -> str | None:
-    """The password embedded in a URL, so that logs can scrub it wherever it turns up."""
-    parsed = _parsed(url)
-    return (parsed.password or None) if parsed is not None else None
-
-
-def _url_secrets(url: str) -> list[str]:
-    """The URL's password and its password parameters, each decoded and as written."""
-    parsed = _parsed(url)
-    if parsed is None:
-        return []
-    # yarl re-encodes what it reads (`%2C` comes back as `,`): the form as written is taken
-    # from the string itself, between the user's ':' and the '@' that ends the credentials.
-    written = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
-    found = [parsed.password or "", parsed.raw_password or "", written if parsed.password else ""]
-    for pair in parsed.raw_query_string.split("&"):
-        name, _, raw = pair.partition("=")
-        if _is_password_parameter(unquote(name)):
-            found += [raw, unquote(raw)]
-    return list(dict.fromkeys(secret for secret in found if secret))
-
-
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value that must never reach a log line or an error message."""
     found: list[str] = []
@@ -373,5 +284,5 @@ def secrets_of(settings: Settings) -> list[str]:
         settings.database_url.get_secret_value(),
     ]
     for url in urls:
-        found.extend(_url_secrets(url))
+        found.extend(url_secrets(url))
     return found

@@ -15,6 +15,7 @@ from contracts.names import Topology
 from tests.integration.test_settlement import assert_returned, delivered, outcome_of
 from tests.support.broker import Broker
 from tests.support.in_process import Channels, channels
+from worker.messaging.batches import answer
 from worker.messaging.connection import connect_broker
 from worker.messaging.publisher import Publisher
 from worker.messaging.settlement import Fate, Settlement
@@ -38,13 +39,13 @@ async def opened(broker: Broker, settings: Settings) -> AsyncIterator[Channels]:
 async def test_a_batch_alone_under_its_highest_tag_is_acknowledged_with_one_multiple_ack(
     broker: Broker, opened: Channels
 ) -> None:
-    settlement = Settlement(opened.publisher)
+    settlement = Settlement()
     batch = [await delivered(broker, opened, f"whole-{n}") for n in range(3)]
     for message in batch:
         settlement.receive(message)
 
     async with settlement.guard(batch) as deliveries:
-        await settlement.answer(deliveries, [outcome_of(m) for m in batch])
+        await answer(opened.publisher, settlement, deliveries, [outcome_of(m) for m in batch])
 
     assert [d.fate for d in deliveries] == [Fate.ACKNOWLEDGED] * 3
     assert settlement.unsettled == 0
@@ -59,14 +60,14 @@ async def test_a_batch_alone_under_its_highest_tag_is_acknowledged_with_one_mult
 async def test_interleaved_batches_are_acknowledged_one_by_one_never_the_others(
     broker: Broker, opened: Channels
 ) -> None:
-    settlement = Settlement(opened.publisher)
+    settlement = Settlement()
     messages = [await delivered(broker, opened, f"interleaved-{n}") for n in range(6)]
     for message in messages:
         settlement.receive(message)
     first, second = messages[0::2], messages[1::2]  # tags 1,3,5 and 2,4,6
 
     async with settlement.guard(first) as deliveries:
-        await settlement.answer(deliveries, [outcome_of(m) for m in first])
+        await answer(opened.publisher, settlement, deliveries, [outcome_of(m) for m in first])
 
     assert [m.processed for m in first] == [True, True, True], "acknowledged one by one"
     assert settlement.unsettled == 3
@@ -83,17 +84,17 @@ async def test_interleaved_batches_are_acknowledged_one_by_one_never_the_others(
 async def test_a_later_batch_finishing_first_does_not_acknowledge_an_earlier_one(
     broker: Broker, opened: Channels
 ) -> None:
-    settlement = Settlement(opened.publisher)
+    settlement = Settlement()
     messages = [await delivered(broker, opened, f"later-{n}") for n in range(4)]
     for message in messages:
         settlement.receive(message)
     earlier, later = messages[:2], messages[2:]
 
     async with settlement.guard(later) as deliveries:
-        await settlement.answer(deliveries, [outcome_of(m) for m in later])
+        await answer(opened.publisher, settlement, deliveries, [outcome_of(m) for m in later])
     assert [m.processed for m in later] == [True, True]
     async with settlement.guard(earlier) as deliveries:  # now alone under its highest tag
-        await settlement.answer(deliveries, [outcome_of(m) for m in earlier])
+        await answer(opened.publisher, settlement, deliveries, [outcome_of(m) for m in earlier])
     assert [m.processed for m in earlier] == [False, True]
 
     await opened.consume.close()
@@ -114,14 +115,14 @@ async def test_a_channel_closing_mid_batch_fails_the_whole_batch_fast_and_return
     timeout = 40.0
     publisher = Publisher(channel, channel, Topology(f"{settings.name_prefix}absent-"), timeout)
     await publisher.start()
-    settlement = Settlement(publisher)
+    settlement = Settlement()
     batch = [await delivered(broker, opened, f"closing-{n}") for n in range(5)]
     for message in batch:
         settlement.receive(message)
 
     started = asyncio.get_running_loop().time()
     async with settlement.guard(batch) as deliveries:
-        await settlement.answer(deliveries, [outcome_of(m) for m in batch])
+        await answer(publisher, settlement, deliveries, [outcome_of(m) for m in batch])
     elapsed = asyncio.get_running_loop().time() - started
 
     assert elapsed < timeout / 4, f"took {elapsed:.1f}s: waited for the publish timeout"

@@ -14,6 +14,7 @@ from contracts import CreateCoupon
 from tests.support.broker import Broker
 from tests.support.in_process import Channels, channels
 from worker.app.outcomes import Outcome
+from worker.messaging.batches import answer, dead_letter
 from worker.messaging.publisher import ChannelLost
 from worker.messaging.settlement import AlreadySettled, Fate, Settlement
 from worker.settings import Settings
@@ -58,7 +59,7 @@ async def test_an_exception_after_publishing_returns_the_delivery_at_once(
     broker: Broker, opened: Channels
 ) -> None:
     events = await broker.collect_events()
-    settlement = Settlement(opened.publisher)
+    settlement = Settlement()
     message = await delivered(broker, opened, "after-publish")
     settlement.receive(message)
 
@@ -76,7 +77,7 @@ async def test_an_exception_after_publishing_returns_the_delivery_at_once(
 async def test_a_second_fate_is_refused_before_it_reaches_the_broker(
     broker: Broker, opened: Channels
 ) -> None:
-    settlement = Settlement(opened.publisher)
+    settlement = Settlement()
     message = await delivered(broker, opened, "twice")
     settlement.receive(message)
     refused: list[BaseException] = []
@@ -100,7 +101,7 @@ async def test_a_second_fate_is_refused_before_it_reaches_the_broker(
 async def test_a_cancelled_block_returns_its_deliveries_and_stays_cancelled(
     broker: Broker, opened: Channels
 ) -> None:
-    settlement = Settlement(opened.publisher)
+    settlement = Settlement()
     messages = [await delivered(broker, opened, f"cancelled-{n}") for n in range(2)]
     for message in messages:
         settlement.receive(message)
@@ -122,7 +123,7 @@ async def test_a_cancelled_block_returns_its_deliveries_and_stays_cancelled(
 
 
 async def test_a_delivery_the_block_forgot_is_returned(broker: Broker, opened: Channels) -> None:
-    settlement = Settlement(opened.publisher)
+    settlement = Settlement()
     kept, forgotten = [await delivered(broker, opened, f"forgot-{n}") for n in range(2)]
     for message in (kept, forgotten):
         settlement.receive(message)
@@ -157,15 +158,17 @@ async def test_an_answer_is_acknowledged_only_once_every_outcome_is_confirmed(
     broker: Broker, opened: Channels
 ) -> None:
     events = await broker.collect_events()
-    confirmed = Settlement(opened.publisher)
-    unconfirmed = Settlement(UnconfirmedPublisher(opened))
+    confirmed = Settlement()
+    unconfirmed = Settlement()
     answered = [await delivered(broker, opened, f"answered-{n}") for n in range(2)]
     lost = [await delivered(broker, opened, f"lost-{n}") for n in range(2)]
 
     async with confirmed.guard(answered) as deliveries:
-        await confirmed.answer(deliveries, [outcome_of(m) for m in answered])
+        await answer(opened.publisher, confirmed, deliveries, [outcome_of(m) for m in answered])
     async with unconfirmed.guard(lost) as deliveries:
-        await unconfirmed.answer(deliveries, [outcome_of(m) for m in lost])
+        await answer(
+            UnconfirmedPublisher(opened), unconfirmed, deliveries, [outcome_of(m) for m in lost]
+        )
 
     assert {m.message_id for m in await events.wait_for(2)} == {
         outcome_of(m).event_message_id for m in answered
@@ -178,12 +181,14 @@ async def test_an_answer_is_acknowledged_only_once_every_outcome_is_confirmed(
 async def test_a_dead_letter_is_confirmed_then_acknowledged(
     broker: Broker, opened: Channels
 ) -> None:
-    settlement = Settlement(opened.publisher)
+    settlement = Settlement()
     message = await delivered(broker, opened, "dead")
     settlement.receive(message)
 
     async with settlement.guard([message]) as [delivery]:
-        await settlement.dead_letter(delivery, "InvalidCommand", "the reason", "InvalidCommand")
+        await dead_letter(
+            opened.publisher, settlement, delivery, "InvalidCommand", "the reason", "InvalidCommand"
+        )
 
     assert delivery.fate is Fate.DEAD_LETTERED
     [dead] = await broker.wait_dead_letters(1, within=10)

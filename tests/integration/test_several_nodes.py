@@ -19,12 +19,13 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from tests.support.services import Services
+from worker.addresses import redact_url
 from worker.app.failures import DependencyUnavailable
 from worker.db.engine import create_engine
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
 from worker.domain.model import Coupon
 from worker.messaging.failover import FailoverConnection, connect_any
-from worker.settings import Settings, redact_url
+from worker.settings import Settings
 
 REFUSED_AMQP = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens on port 1
 

@@ -14,7 +14,7 @@ import pytest
 from contracts import CreateCoupon
 from tests.support.broker import Broker
 from tests.support.in_process import ScriptedPipeline, running_supervisor, wait_depth
-from worker.messaging.supervisor import WorkerStuck
+from worker.messaging.stuck import WorkerStuck
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,6 +1,6 @@
-"""The consumer in this process, on the real broker, wired as the composition root wires it,
-around a pipeline the test scripts (`ScriptedPipeline`: the real pipeline on the in-memory
-fakes, recording each batch and failing on cue)."""
+"""The consumer in this process, on the real broker, wired by the composition root's own
+`build_consumer`, around a pipeline the test scripts (`ScriptedPipeline`: the real pipeline on
+the in-memory fakes, recording each batch and failing on cue)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ from worker.app.outcomes import Outcome
 from worker.app.pipeline import Envelope, Pipeline
 from worker.messaging import topology as broker_topology
 from worker.messaging.connection import connect_broker
-from worker.messaging.consumer import Consumer
+from worker.messaging.consumer import Consumer, build_consumer
 from worker.messaging.intake import DeliveryHook
 from worker.messaging.outlet import Outlet
-from worker.messaging.publisher import Publisher
+from worker.messaging.publisher import OutcomePublisher, Publisher
 from worker.messaging.retry import RetryPolicy
-from worker.messaging.settlement import OutcomePublisher
 from worker.messaging.supervisor import Supervisor
 from worker.settings import Settings
 
@@ -34,7 +33,7 @@ FAST_RETRIES = RetryPolicy(
 
 
 class ScriptedPipeline:
-    """Implements `BatchProcessor`. Records the codes of every batch it is given, and how many
+    """Implements `CommandPipeline`. Records the codes of every batch it is given, and how many
     other batches were in flight when it started; raises `failures` (one per call, in order)
     before processing, and always raises for a command on a code in `poison`. A batch waits
     for `gate` when set; `entered` is set when the first batch arrives."""
@@ -114,7 +113,7 @@ async def running_consumer(
 ) -> AsyncIterator[Consumer]:
     """A started consumer, stopped (with a short grace period) when the block ends."""
     async with channels(settings) as opened:
-        consumer = Consumer(
+        consumer = build_consumer(
             settings,
             pipeline,
             publisher or opened.publisher,
@@ -145,7 +144,7 @@ async def running_supervisor(
     outlet = Outlet()
 
     def new_consumer() -> Consumer:
-        return Consumer(
+        return build_consumer(
             settings, pipeline, outlet, retry=retry, ready_to_publish=outlet.wait_usable
         )
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from worker.settings import redact_url
+from worker.addresses import redact_url
 
 DEFAULT_DOCKER_HOST: Final = "unix:///var/run/docker.sock"  # docker-py's, so testcontainers'
 PROBE_TIMEOUT: Final = 3.0

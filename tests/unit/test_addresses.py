@@ -14,10 +14,11 @@ from worker.addresses import (
     MAX_ADDRESSES,
     AddressError,
     postgres_hosts_in_query,
+    redact_url,
     split_amqp_urls,
 )
 from worker.entrypoints import cli
-from worker.settings import Settings, redact_url, secrets_of
+from worker.settings import Settings, secrets_of
 
 THREE_NODES = (
     "amqp://app:s3cret@mq1:5672/coupons,amqp://app:s3cret@mq2:5672/coupons,"

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import EnvSettingsSource
 
-from worker.entrypoints.cli import build_parser
+from worker.entrypoints.arguments import build_parser
 from worker.entrypoints.environment import (
     describe_settings_error,
     describe_variables,

@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 
 from worker.app.failures import DependencyUnavailable, TransactionConflict
-from worker.messaging.retry import RetryPolicy
+from worker.messaging.retry import GaveUp, RetryPolicy, Verdict
 
 
 class Script:
-    """Implements the policy's `Work` on strings: an attempt fails with the next scripted
-    error, or for an item in `bad`; records every attempt, success, give-up and wait."""
+    """An attempt on strings: fails with the next scripted error, or for an item in `bad`;
+    records every attempt, verdict (success, give-up) and wait."""
 
     def __init__(self, *failures: Exception, bad: Sequence[str] = ()) -> None:
         self.failures = list(failures)
@@ -37,17 +37,23 @@ class Script:
             raise ValueError(f"bad {sorted(self.bad.intersection(items))}")
         return "+".join(items)
 
-    async def succeeded(self, items: Sequence[str], result: str) -> None:
-        assert result == "+".join(items)
-        self.succeeded_with.append(list(items))
-
-    async def gave_up(self, item: str, attempts: int, error: Exception) -> None:
-        self.given_up.append((item, attempts, str(error)))
+    def heard(self, verdict: Verdict[str, str]) -> None:
+        if isinstance(verdict, GaveUp):
+            self.given_up.append((verdict.item, verdict.attempts, str(verdict.error)))
+        else:
+            assert verdict.result == "+".join(verdict.items)
+            self.succeeded_with.append(list(verdict.items))
 
     @contextmanager
     def alone(self, item: str) -> Iterator[None]:
         self.scopes.append(item)
         yield
+
+
+async def drive(retry: RetryPolicy, items: Sequence[str], script: Script) -> None:
+    """Run `items` under `retry` with the script's attempts, hearing every verdict."""
+    async for verdict in retry.run(items, attempt=script.attempt, alone=script.alone):
+        script.heard(verdict)
 
 
 def policy(
@@ -71,7 +77,7 @@ def policy(
 
 async def test_an_outage_is_waited_out_with_a_doubling_capped_back_off() -> None:
     script = Script(*[DependencyUnavailable("down")] * 6)
-    await policy(script, outage_backoff=0.1, outage_backoff_max=0.5).apply(["a", "b"], script)
+    await drive(policy(script, outage_backoff=0.1, outage_backoff_max=0.5), ["a", "b"], script)
     assert script.waits == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5, 0.5])
     assert script.attempts == [["a", "b"]] * 7, "held together, never split"
     assert script.succeeded_with == [["a", "b"]] and script.given_up == []
@@ -79,20 +85,20 @@ async def test_an_outage_is_waited_out_with_a_doubling_capped_back_off() -> None
 
 async def test_an_outage_never_uses_up_the_attempts() -> None:
     script = Script(*[DependencyUnavailable("down")] * 20)
-    await policy(script, max_attempts=2).apply(["a"], script)
+    await drive(policy(script, max_attempts=2), ["a"], script)
     assert script.succeeded_with == [["a"]] and script.given_up == []
 
 
 async def test_a_conflict_is_retried_at_once_with_a_little_jitter() -> None:
     script = Script(TransactionConflict("lost"), TransactionConflict("lost again"))
-    await policy(script, conflict_jitter=0.02).apply(["a", "b"], script)
+    await drive(policy(script, conflict_jitter=0.02), ["a", "b"], script)
     assert len(script.waits) == 2 and all(0 <= wait <= 0.02 for wait in script.waits)
     assert script.succeeded_with == [["a", "b"]]
 
 
 async def test_a_failed_batch_is_split_and_each_command_retried_alone() -> None:
     script = Script(bad=["b"])
-    await policy(script, max_attempts=3, attempt_backoff=0.1).apply(["a", "b", "c"], script)
+    await drive(policy(script, max_attempts=3, attempt_backoff=0.1), ["a", "b", "c"], script)
     assert script.attempts == [["a", "b", "c"], ["a"], ["b"], ["b"], ["b"], ["c"]]
     assert script.succeeded_with == [["a"], ["c"]]
     assert script.given_up == [("b", 3, "bad ['b']")]
@@ -100,9 +106,24 @@ async def test_a_failed_batch_is_split_and_each_command_retried_alone() -> None:
     assert script.scopes == ["a", "b", "c"], "each command alone binds its own log context"
 
 
+async def test_verdicts_come_as_each_command_is_decided_not_at_the_end() -> None:
+    """The caller publishes and settles a command as soon as its verdict comes: a split
+    batch's first command is answered before the next one is tried."""
+    script = Script(bad=["b"])
+    retry = policy(script, max_attempts=2)
+    verdicts = retry.run(["a", "b", "c"], attempt=script.attempt, alone=script.alone)
+    first = await anext(verdicts)
+    assert not isinstance(first, GaveUp) and list(first.items) == ["a"]
+    assert script.attempts == [["a", "b", "c"], ["a"]], "b not tried yet"
+    second = await anext(verdicts)
+    assert isinstance(second, GaveUp) and second.item == "b" and second.attempts == 2
+    assert script.scopes == ["a", "b"], "b's verdict is heard inside its own log context"
+    await verdicts.aclose()
+
+
 async def test_a_command_that_recovers_within_its_attempts_succeeds() -> None:
     script = Script(RuntimeError("once"), RuntimeError("twice"))
-    await policy(script, max_attempts=3).apply(["a"], script)
+    await drive(policy(script, max_attempts=3), ["a"], script)
     assert script.succeeded_with == [["a"]] and script.given_up == []
     assert len(script.attempts) == 3
 
@@ -135,7 +156,7 @@ async def test_an_attempt_past_its_deadline_is_an_outage_the_batch_is_held() -> 
     script = Hanging(2)
     # deadline: 2 x 0.01 + 0.05 a command = 0.12 s
     retry = replace(policy(script, max_attempts=1), statement_timeout=0.01)
-    await asyncio.wait_for(retry.apply(["a", "b"], script), timeout=30)
+    await asyncio.wait_for(drive(retry, ["a", "b"], script), timeout=30)
     assert script.attempts == [["a", "b"]] * 3, "held together, never split"
     assert script.waits == pytest.approx([0.1, 0.2]), "waited out as an outage"
     assert script.succeeded_with == [["a", "b"]] and script.given_up == []
@@ -144,7 +165,7 @@ async def test_an_attempt_past_its_deadline_is_an_outage_the_batch_is_held() -> 
 async def test_a_timeout_within_the_deadline_is_not_taken_for_an_outage() -> None:
     script = Script(TimeoutError("raised by the work, not the deadline"))
     retry = replace(policy(script, max_attempts=1), statement_timeout=5.0)
-    await retry.apply(["a"], script)
+    await drive(retry, ["a"], script)
     assert script.given_up == [("a", 1, "raised by the work, not the deadline")]
 
 
@@ -176,7 +197,7 @@ async def test_every_try_again_is_told_to_the_observer_with_its_reason() -> None
         bad=["b"],
     )
     observed = replace(policy(script, max_attempts=3), on_retry=hear)
-    await observed.apply(["a", "b"], script)
+    await drive(observed, ["a", "b"], script)
     assert heard == {
         "dependency_unavailable": 2,
         "transaction_conflict": 1,

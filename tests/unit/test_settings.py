@@ -10,15 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from worker.addresses import redact_url, url_password
 from worker.entrypoints import cli
-from worker.settings import (
-    LogFormat,
-    QueueType,
-    Settings,
-    redact_url,
-    secrets_of,
-    url_password,
-)
+from worker.settings import LogFormat, QueueType, Settings, secrets_of
 
 
 @pytest.fixture(autouse=True)

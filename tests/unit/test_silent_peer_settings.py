@@ -11,12 +11,13 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
+from worker.addresses import url_heartbeat
 from worker.app.failures import DependencyUnavailable
 from worker.db.transience import transient_kind
 from worker.entrypoints.environment import describe_settings_error
 from worker.keepalive import TcpKeepalive
 from worker.messaging.retry import batch_deadline
-from worker.settings import Settings, url_heartbeat
+from worker.settings import Settings
 
 
 @pytest.fixture(autouse=True)

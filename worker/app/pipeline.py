@@ -22,10 +22,6 @@ from worker.app.ports import UnitOfWork
 from worker.domain import handlers
 from worker.domain.working_set import WorkingSet
 
-# Runs a command's handler on the batch's working set: `worker.domain.handlers.handle`, unless
-# the composition root wraps it (fault injection).
-Handle = Callable[[Command, WorkingSet, str], Event]
-
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
@@ -35,8 +31,8 @@ class Envelope:
     command: Command
 
 
-class BatchProcessor(Protocol):
-    """What the consumer needs of the pipeline."""
+class CommandPipeline(Protocol):
+    """What a batch needs of the pipeline (`Pipeline`, and the decorators around it)."""
 
     async def process(self, batch: Sequence[Envelope]) -> list[Outcome]: ...
 
@@ -45,7 +41,7 @@ class Pipeline:
     def __init__(
         self,
         unit_of_work: Callable[[], UnitOfWork],
-        handle: Handle = handlers.handle,
+        handle: handlers.HandleCommand = handlers.handle,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._unit_of_work = unit_of_work

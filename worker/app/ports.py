@@ -1,14 +1,42 @@
-"""What the pipeline needs beyond the domain's ports: stored outcomes, and a unit of work that
-holds them next to the coupons. `worker.db` implements these; `tests/fakes.py` fakes them."""
+"""The ports: what the pipeline and its handlers need of storage. `worker.db` implements them;
+`tests/fakes.py` fakes them (and `tests/integration/test_storage_contract.py` holds both to the
+same contract).
+
+The handlers themselves need none of this: they work on the batch's `WorkingSet`, in memory;
+the pipeline loads it through these ports and writes back what changed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
 from worker.app.outcomes import Outcome
-from worker.domain import ports
+from worker.domain.model import Coupon
+
+
+class CouponRepository(Protocol):
+    """Coupons, a batch at a time: each method is one statement whatever the number of codes."""
+
+    async def lock_many(self, codes: Collection[str]) -> dict[str, Coupon]:
+        """The existing coupons among `codes`, by code, locked against other writers until the
+        unit of work ends. Rows are locked in code order, one global order for every batch, so
+        concurrent batches that share coupons queue behind each other and never deadlock."""
+
+    async def get_many(self, codes: Collection[str]) -> dict[str, Coupon]:
+        """The existing coupons among `codes`, by code, read without locking."""
+
+    async def create_many(self, coupons: Sequence[Coupon]) -> None:
+        """Insert new coupons (in code order).
+
+        `TransactionConflict` if another transaction created one of these codes
+        first: the batch decided on a state that no longer holds and must be applied again.
+        """
+
+    async def redeem_many(self, taken: Mapping[str, int]) -> None:
+        """Take `taken[code]` redemptions from each coupon, guarded so that no count goes
+        below zero. `TransactionConflict` if a coupon is missing or has fewer left:
+        never an oversell, never a partial change."""
 
 
 class ProcessedCommands(Protocol):
@@ -23,11 +51,27 @@ class ProcessedCommands(Protocol):
         """
 
 
-class UnitOfWork(ports.UnitOfWork, Protocol):
-    """The domain's unit of work, plus the record of processed commands."""
+class UnitOfWork(Protocol):
+    """One transaction over the coupons and the record of processed commands: what it did not
+    commit when it ends is rolled back."""
+
+    @property
+    def coupons(self) -> CouponRepository: ...
 
     @property
     def processed(self) -> ProcessedCommands: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Roll back whatever was not committed."""
+
+    async def commit(self) -> None: ...
 
 
 class ForwardingUnitOfWork:
@@ -38,7 +82,7 @@ class ForwardingUnitOfWork:
         self._inner = inner
 
     @property
-    def coupons(self) -> ports.CouponRepository:
+    def coupons(self) -> CouponRepository:
         return self._inner.coupons
 
     @property

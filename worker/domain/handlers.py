@@ -49,6 +49,10 @@ HANDLERS: Final[Mapping[type[Command], Handler]] = {
 }
 
 
+# The type of `handle`, and of what the composition root may wrap it in (fault injection).
+HandleCommand = Callable[[Command, WorkingSet, str], Event]
+
+
 def handle(command: Command, coupons: WorkingSet, message_id: str) -> Event:
     """Run the command's handler; a business failure becomes its `coupon.error` event."""
     handler = HANDLERS[type(command)]

@@ -20,7 +20,7 @@ import aio_pika
 from aiormq.exceptions import ChannelClosed
 
 from contracts.names import Topology
-from worker.entrypoints.dead_letter_filters import LetterFilter, duration
+from worker.entrypoints.dead_letter_filters import LetterFilter
 from worker.entrypoints.operator_errors import StartupError, describe_startup_failure
 from worker.messaging.connection import ssl_context
 from worker.messaging.dead_letter_queue import DeadLetter, DeadLetterQueue, Snapshot
@@ -29,52 +29,6 @@ from worker.settings import Settings
 if TYPE_CHECKING:  # rich is imported when a dead-letters command runs, not for every CLI call
     from aio_pika.abc import AbstractConnection
     from rich.progress import Progress
-
-DEFAULT_LIMIT: Final = 10_000
-
-
-def _limit(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError("must be from 1 to 1000000")
-    return value
-
-
-def add_parser(commands: Any) -> None:
-    """Register `dead-letters` on the CLI's subparsers."""
-    dead = commands.add_parser(
-        "dead-letters",
-        help="inspect, re-drive or purge coupon.worker.dead",
-        description="Letters are read with basic.get and held unacknowledged: one is removed "
-        "only after the broker confirmed its re-drive (or by purge); the others go back to "
-        "the queue in their place. Re-driving keeps each letter's message_id, so a command "
-        "re-driven twice (an interrupted run repeated) is applied once.",
-    )
-    actions = dead.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="one line per letter")
-    show = actions.add_parser("show", help="one letter with its body and every property")
-    show.add_argument("message_id", help="the letter's message id (as `list` prints it)")
-    redrive = actions.add_parser("redrive", help="send letters back to coupon.commands")
-    redrive.add_argument("--dry-run", action="store_true", help="say what would be re-driven")
-    redrive.add_argument(
-        "--force", action="store_true", help="re-drive invalid letters too (they are refused)"
-    )
-    purge = actions.add_parser("purge", help="remove letters for good")
-    purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
-    purge.add_argument("--dry-run", action="store_true", help="say what would be purged")
-    for sub in (listing, redrive, purge):
-        sub.add_argument("--error", action="append", default=[], help="x-error or broker reason")
-        sub.add_argument("--routing-key", action="append", default=[], help="e.g. coupon.redeem")
-        sub.add_argument("--message-id", action="append", default=[], help="this letter only")
-        sub.add_argument("--older-than", type=duration, help="dead for longer than (30m, 7d)")
-        sub.add_argument("--newer-than", type=duration, help="dead for less than (30m, 7d)")
-    for sub in (listing, show, redrive, purge):
-        sub.add_argument(
-            "--limit",
-            type=_limit,
-            default=DEFAULT_LIMIT,
-            help=f"read at most this many letters (default {DEFAULT_LIMIT})",
-        )
 
 
 class Output:

@@ -14,8 +14,9 @@ import asyncpg.exceptions as pg
 from pamqp import commands as frames
 from pamqp.exceptions import AMQPInternalError
 
+from worker.addresses import redact_url
 from worker.app.failures import OperatorError, causes
-from worker.settings import Settings, redact_url
+from worker.settings import Settings
 
 
 class StartupError(OperatorError):

@@ -16,25 +16,27 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.names import Topology
-from worker.app.pipeline import Handle, Pipeline
+from worker.addresses import redact_url
+from worker.app.pipeline import Pipeline
 from worker.db import migrations
 from worker.db.engine import create_session_factory, database
 from worker.db.unit_of_work import SqlAlchemyUnitOfWork
-from worker.domain.handlers import handle
+from worker.domain.handlers import HandleCommand, handle
 from worker.entrypoints.operator_errors import describe_startup_failure
 from worker.messaging.connection import heartbeat
-from worker.messaging.consumer import Consumer
+from worker.messaging.consumer import Consumer, build_consumer
 from worker.messaging.outlet import Outlet
+from worker.messaging.publisher import OutcomePublisher
 from worker.messaging.retry import RetryPolicy
-from worker.messaging.settlement import OutcomePublisher
-from worker.messaging.supervisor import Supervisor, WorkerStuck
+from worker.messaging.stuck import WorkerStuck
+from worker.messaging.supervisor import Supervisor
 from worker.observability import health
 from worker.observability.instrumentation import Instrumentation
-from worker.settings import Settings, redact_url
+from worker.settings import Settings
 from worker.testing.faults import FaultPlan
 from worker.testing.injection import FaultInjection
 
-log = structlog.stdlib.get_logger("worker")
+log = structlog.stdlib.get_logger(__name__)
 
 EXIT_STUCK = 1  # unable to consume for WORKER_STUCK_LIMIT (docs/operations.md, "Never stuck")
 
@@ -71,7 +73,7 @@ async def _consume(
     instruments = Instrumentation(topology)
     instruments.database(engine)
     unit_of_work = instruments.unit_of_work(lambda: SqlAlchemyUnitOfWork(sessions))
-    handler: Handle = handle
+    handler: HandleCommand = handle
     outlet = Outlet()
     outcomes: OutcomePublisher = instruments.publisher(outlet)
     if faults:
@@ -84,12 +86,12 @@ async def _consume(
     retry = RetryPolicy.from_settings(settings, on_retry=instruments.metrics.retried)
 
     def new_consumer() -> Consumer:
-        return Consumer(
+        return build_consumer(
             settings,
             pipeline,
             outcomes,
-            redact,
             retry=retry,
+            redact=redact,
             on_delivery=instruments.delivered,
             ready_to_publish=outlet.wait_usable,
         )

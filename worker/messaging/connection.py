@@ -21,7 +21,7 @@ from aio_pika.abc import AbstractRobustConnection
 from worker.messaging.failover import connect_any
 from worker.settings import Settings
 
-log = structlog.stdlib.get_logger("worker")
+log = structlog.stdlib.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -115,7 +115,7 @@ async def broker_call(call: Awaitable[T]) -> T:
         raise ConnectionError("the channel closed under a call to the broker") from error
 
 
-async def bounded(call: Awaitable[T], seconds: float) -> T:
+async def time_limited(call: Awaitable[T], seconds: float) -> T:
     """`call`, or TimeoutError after `seconds` — without waiting for the abandoned call to
     finish cancelling (`asyncio.wait_for` does wait: an aiormq call queued behind a channel's
     pending RPC can take that long or longer, and a stop must end within its grace period)."""

@@ -9,8 +9,11 @@ Ack policy (decided by this package, not by aio-pika's `message.process()`):
   after `max_attempts` is dead-lettered as `ProcessingFailed`;
 - stop → no new deliveries, finish what was delivered within the grace period, return the rest.
 
-Where each lives: `intake` (deliveries → batches, careful start), `batches` (one batch, from
-bytes to fates), `retry` (the retry policy), `settlement` (exactly one fate per delivery).
+Where each lives, in the order a delivery meets them: `intake` (deliveries → batches, careful
+start), `batches` (one batch: decode → retry → publish → settle), `retry` (the retry policy),
+`publisher` (what is sent, confirmed), `settlement` (exactly one fate per delivery).
+`build_consumer` wires them; the composition root (`worker.entrypoints.run`) and the in-process
+tests (`tests/support/in_process.py`) both call it.
 """
 
 from __future__ import annotations
@@ -23,44 +26,52 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from worker.app.pipeline import BatchProcessor
-from worker.messaging.batches import BatchHandler
-from worker.messaging.connection import bounded, broker_call
+from worker.app.pipeline import CommandPipeline
+from worker.messaging.batches import BatchRunner
+from worker.messaging.connection import broker_call, time_limited
 from worker.messaging.intake import DeliveryHook, Intake
+from worker.messaging.publisher import OutcomePublisher
 from worker.messaging.retry import RetryPolicy
-from worker.messaging.settlement import OutcomePublisher, Settlement
+from worker.messaging.settlement import Settlement
 from worker.settings import Settings
 
-log = structlog.stdlib.get_logger("worker.consumer")
+log = structlog.stdlib.get_logger(__name__)
 
 SETTLE_PAUSE = 0.5  # at most, between the last ack of a stop and closing the channel
 CLOSING_TIME = 0.3  # what closing the connections and exiting the process take, about
 
 
+def build_consumer(
+    settings: Settings,
+    pipeline: CommandPipeline,
+    publisher: OutcomePublisher,
+    *,
+    retry: RetryPolicy,
+    redact: Callable[[str], str] = lambda text: text,
+    on_delivery: DeliveryHook | None = None,
+    ready_to_publish: Callable[[], Awaitable[None]] | None = None,
+) -> Consumer:
+    """A consumer, wired: intake → batches (pipeline under `retry`, then `publisher`) →
+    settlement. `on_delivery` sees every delivery (metrics, traces); `ready_to_publish` holds
+    the intake while outcomes cannot be published (the outlet's `wait_usable`)."""
+    settlement = Settlement()
+    batches = BatchRunner(pipeline, publisher, settlement, retry, redact)
+    intake = Intake(
+        settlement,
+        batches.run,
+        prefetch=settings.prefetch,
+        batch_size=settings.batch_size,
+        concurrency=settings.concurrency,
+        on_delivery=on_delivery,
+        ready_to_publish=ready_to_publish,
+    )
+    return Consumer(intake, settlement)
+
+
 class Consumer:
-    def __init__(
-        self,
-        settings: Settings,
-        pipeline: BatchProcessor,
-        publisher: OutcomePublisher,
-        redact: Callable[[str], str] = lambda text: text,
-        retry: RetryPolicy | None = None,
-        on_delivery: DeliveryHook | None = None,
-        ready_to_publish: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self._settlement = Settlement(publisher)
-        batches = BatchHandler(
-            pipeline, self._settlement, retry or RetryPolicy.from_settings(settings), redact
-        )
-        self._intake = Intake(
-            self._settlement,
-            batches,
-            prefetch=settings.prefetch,
-            batch_size=settings.batch_size,
-            concurrency=settings.concurrency,
-            on_delivery=on_delivery,
-            ready_to_publish=ready_to_publish,
-        )
+    def __init__(self, intake: Intake, settlement: Settlement) -> None:
+        self._intake = intake
+        self._settlement = settlement
 
     async def start(self, queue: AbstractQueue, channel: AbstractChannel) -> None:
         self._channel = channel
@@ -143,7 +154,7 @@ class Consumer:
         answered from its stored outcome), but a clean stop should not cause redeliveries."""
         await asyncio.sleep(pause)
         try:
-            await broker_call(bounded(self._channel.close(), 5))
+            await broker_call(time_limited(self._channel.close(), 5))
         except Exception as error:
             log.warning("channel_close_failed", error=repr(error))
 

@@ -29,10 +29,10 @@ from aio_pika.abc import AbstractRobustConnection, TimeoutType
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
+from worker.addresses import redact_url
 from worker.messaging.transport import KeepaliveRobustConnection
-from worker.settings import redact_url
 
-log = structlog.stdlib.get_logger("worker")
+log = structlog.stdlib.get_logger(__name__)
 
 
 class FailoverConnection(KeepaliveRobustConnection):

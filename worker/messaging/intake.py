@@ -25,15 +25,16 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.channel import Channel as Underlay
 
-from worker.messaging.connection import bounded, broker_call
+from worker.messaging.connection import broker_call, time_limited
 from worker.messaging.settlement import Settlement
 
-log = structlog.stdlib.get_logger("worker.consumer")
+log = structlog.stdlib.get_logger(__name__)
 
 CAREFUL_START_RETRY_PAUSE = 1.0
 CANCEL_WAIT = 2.0  # seconds a stop waits for cancelled tasks to end
 
-HandleBatch = Callable[[Sequence[AbstractIncomingMessage]], Coroutine[Any, Any, None]]
+# Runs one batch to its fates (`worker.messaging.batches.BatchRunner.run`).
+RunBatch = Callable[[Sequence[AbstractIncomingMessage]], Coroutine[Any, Any, None]]
 # Sees each delivery as it arrives (the composition root's metrics and tracing).
 DeliveryHook = Callable[[AbstractIncomingMessage], None]
 
@@ -42,7 +43,7 @@ class Intake:
     def __init__(
         self,
         settlement: Settlement,
-        handle: HandleBatch,
+        run_batch: RunBatch,
         *,
         prefetch: int,
         batch_size: int,
@@ -55,7 +56,7 @@ class Intake:
         self.last_delivery = time.monotonic()  # or the start; the supervisor's starvation check
         self._careful_head = False
         self._settlement = settlement
-        self._handle = handle
+        self._run_batch = run_batch
         self._prefetch = prefetch
         self._batch_size = batch_size
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
@@ -107,7 +108,7 @@ class Intake:
             return
         try:
             cancel = self._queue.cancel(self._consumer_tag)
-            await broker_call(bounded(cancel, within))
+            await broker_call(time_limited(cancel, within))
         except Exception as error:  # the channel may be gone; nothing is delivered then
             log.warning("consumer_cancel_failed", error=repr(error))
 
@@ -146,7 +147,7 @@ class Intake:
                 try:
                     self._note(head)  # the one receive path, taken alone here
                     await self._wait_ready_to_publish()
-                    await self._handle([head])
+                    await self._run_batch([head])
                 finally:
                     self._careful_head = False
                 continue
@@ -186,7 +187,7 @@ class Intake:
             while len(batch) < self._batch_size and not self._inbox.empty():
                 message = self._inbox.get_nowait()
                 (suspects if message.redelivered else batch).append(message)
-            task = asyncio.create_task(self._handle(batch))
+            task = asyncio.create_task(self._run_batch(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
             for suspect in suspects:
@@ -205,4 +206,4 @@ class Intake:
     async def _alone(self, message: AbstractIncomingMessage) -> None:
         if self._in_flight:
             await asyncio.wait(set(self._in_flight))
-        await self._handle([message])
+        await self._run_batch([message])

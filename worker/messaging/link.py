@@ -30,11 +30,11 @@ from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
-from worker.messaging.connection import bounded, broker_call
+from worker.addresses import redact_url
+from worker.messaging.connection import broker_call, time_limited
 from worker.messaging.transport import KeepaliveConnection
-from worker.settings import redact_url
 
-log = structlog.stdlib.get_logger("worker.link")
+log = structlog.stdlib.get_logger(__name__)
 
 BlockObserver = Callable[[bool], None]
 
@@ -79,7 +79,7 @@ class BrokerLink:
         try:
             # aiormq cancels the futures of a connection it gave up on: such a CancelledError
             # is a broker failure (`broker_call`), not a cancellation of the caller.
-            await broker_call(bounded(self.connection.close(), CLOSE_TIMEOUT))
+            await broker_call(time_limited(self.connection.close(), CLOSE_TIMEOUT))
         except Exception as error:  # gone already, or the broker does not answer: nothing held
             log.debug("link_close_failed", role=self.role, error=repr(error))
 

@@ -33,7 +33,7 @@ from worker.messaging.link import BrokerLink, first_of
 from worker.messaging.publisher import Publisher
 from worker.messaging.settlement import held
 
-log = structlog.stdlib.get_logger("worker.outlet")
+log = structlog.stdlib.get_logger(__name__)
 
 T = TypeVar("T")
 

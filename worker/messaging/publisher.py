@@ -29,6 +29,22 @@ DEAD_LETTERED_AT_HEADER: Final = "x-dead-lettered-at"
 BLOCKED_POLL: Final = 0.25  # seconds between looks at the blocked flag while confirms are due
 
 
+class OutcomePublisher(Protocol):
+    """What a batch needs to answer its commands: `Publisher` on one connection, `Outlet` on
+    the current one (and the metrics, tracing and fault-injection decorators around either)."""
+
+    async def publish_outcomes(
+        self, answers: Sequence[tuple[AbstractIncomingMessage, Outcome]]
+    ) -> None:
+        """Publish each command's outcome (and its reply); returns once all are confirmed."""
+
+    async def dead_letter(
+        self, command: AbstractIncomingMessage, error: str, detail: str, reply_error: str
+    ) -> None:
+        """A copy of `command` in the dead-letter queue with its reason (and a reply to its
+        sender); returns once the broker confirmed it."""
+
+
 class Blocking(Protocol):
     """Whether the broker blocks the connection now (`worker.messaging.link.BrokerLink`)."""
 

@@ -12,18 +12,20 @@
   number of items) is ended and counts as `DependencyUnavailable`: a database that went silent
   between statements, where no statement timeout runs, is an outage like a stopped one.
 
-The policy knows nothing of messages: `Work` says what an attempt is and what follows it, and
-`on_retry` hears of every try again, by reason (the composition root counts them in a metric).
+The policy knows nothing of messages: `run(items, attempt=…)` tries `attempt` on the items and
+yields a verdict for each as it is reached — `Succeeded` (items tried together, and the result)
+or `GaveUp` (one item, after its last try) — for the caller to act on; `on_retry` hears of every
+try again, by reason (the composition root counts them in a metric).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol, TypeVar, get_args
+from typing import Final, Generic, Literal, TypeVar, get_args
 
 import structlog
 
@@ -31,7 +33,7 @@ from worker.app.failures import DependencyUnavailable, TransactionConflict, Tran
 from worker.app.outage_log import DatabaseOutageLog
 from worker.settings import Settings
 
-log = structlog.stdlib.get_logger("worker.consumer")
+log = structlog.stdlib.get_logger(__name__)
 
 # Why a batch or a command is tried again: a concurrent transaction won; a dependency is down
 # (one per wait of an outage); a batch of several failed and is tried command by command; a
@@ -48,25 +50,33 @@ def _unobserved(_: RetryReason) -> None:
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
-ItemT_contra = TypeVar("ItemT_contra", contravariant=True)
 
 
-class Work(Protocol[ItemT_contra, ResultT]):
-    async def attempt(self, items: Sequence[ItemT_contra]) -> ResultT:
-        """One try of the items together; raises to fail."""
+@dataclass(frozen=True, slots=True)
+class Succeeded(Generic[ItemT, ResultT]):
+    """`items` were tried together and gave `result`."""
 
-    async def succeeded(self, items: Sequence[ItemT_contra], result: ResultT) -> None:
-        """What follows a successful try."""
-
-    async def gave_up(self, item: ItemT_contra, attempts: int, error: Exception) -> None:
-        """What follows the last failed try of an item alone."""
-
-    def alone(self, item: ItemT_contra) -> AbstractContextManager[object]:
-        """The scope of an item's tries alone: binds its identifiers to every log line."""
+    items: Sequence[ItemT]
+    result: ResultT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class GaveUp(Generic[ItemT]):
+    """`item`, tried alone, failed `attempts` times, the last with `error`."""
+
+    item: ItemT
+    attempts: int
+    error: Exception
+
+
+Verdict = Succeeded[ItemT, ResultT] | GaveUp[ItemT]
+
+
+@dataclass(kw_only=True)
 class RetryPolicy:
+    """How often and how soon; one per process, shared by its consumers (and so by the outage
+    log: one `database_unavailable` line per outage, not one per consumer)."""
+
     max_attempts: int = 5
     attempt_backoff: float = 0.1  # before try n + 1 of a command alone: attempt_backoff * 2**n
     outage_backoff: float = 0.1  # the first wait while a dependency is down, doubled each time
@@ -88,44 +98,56 @@ class RetryPolicy:
             on_retry=on_retry,
         )
 
-    async def apply(self, items: Sequence[ItemT], work: Work[ItemT, ResultT]) -> None:
-        """Run `work` on `items` under this policy, until each item succeeded or was given up."""
+    async def run(
+        self,
+        items: Sequence[ItemT],
+        *,
+        attempt: Callable[[Sequence[ItemT]], Awaitable[ResultT]],
+        alone: Callable[[ItemT], AbstractContextManager[object]] = lambda _: nullcontext(),
+    ) -> AsyncGenerator[Verdict[ItemT, ResultT], None]:
+        """Try `attempt` on `items` under this policy, yielding a verdict as each item is
+        decided: together at first; a batch that fails for a reason that is not transient is
+        split, each item tried alone (inside `alone(item)`, which binds its log context for the
+        tries and for whatever the caller does with the verdict)."""
         if len(items) > 1:
             try:
-                result = await self.through_transient(work, items)
+                result = await self._through_transient(attempt, items)
             except Exception as error:
                 log.warning("batch_failed_retrying_alone", size=len(items), error=repr(error))
                 self.on_retry("batch_split")
                 for item in items:
-                    await self.apply([item], work)
+                    async for verdict in self.run([item], attempt=attempt, alone=alone):
+                        yield verdict
                 return
-            await work.succeeded(items, result)
+            yield Succeeded(items, result)
             return
         [item] = items
-        with work.alone(item):
-            for attempt in range(1, self.max_attempts + 1):
+        with alone(item):
+            for tries in range(1, self.max_attempts + 1):
                 try:
-                    result = await self.through_transient(work, items)
+                    result = await self._through_transient(attempt, items)
                 except Exception as error:
-                    if attempt < self.max_attempts:
-                        log.warning("command_failed_retrying", attempt=attempt, error=repr(error))
+                    if tries < self.max_attempts:
+                        log.warning("command_failed_retrying", attempt=tries, error=repr(error))
                         self.on_retry("command_failed")
-                        await self.sleep(self.attempt_backoff * 2**attempt)
+                        await self.sleep(self.attempt_backoff * 2**tries)
                         continue
-                    log.error("command_failed", attempts=attempt, exc_info=error)
-                    await work.gave_up(item, attempt, error)
+                    log.error("command_failed", attempts=tries, exc_info=error)
+                    yield GaveUp(item, tries, error)
                     return
-                await work.succeeded(items, result)
+                yield Succeeded(items, result)
                 return
 
-    async def through_transient(
-        self, work: Work[ItemT, ResultT], items: Sequence[ItemT]
+    async def _through_transient(
+        self,
+        attempt: Callable[[Sequence[ItemT]], Awaitable[ResultT]],
+        items: Sequence[ItemT],
     ) -> ResultT:
-        """Try until the work succeeds or fails for a reason that is not transient."""
+        """Try until the attempt succeeds or fails for a reason that is not transient."""
         delay = self.outage_backoff
         while True:
             try:
-                result = await self._attempt_in_time(work, items)
+                result = await self._in_time(attempt, items)
             except TransactionConflict:
                 self.on_retry("transaction_conflict")
                 await self.sleep(random.uniform(0, self.conflict_jitter))
@@ -139,14 +161,18 @@ class RetryPolicy:
             self.outages.up()
             return result
 
-    async def _attempt_in_time(self, work: Work[ItemT, ResultT], items: Sequence[ItemT]) -> ResultT:
+    async def _in_time(
+        self,
+        attempt: Callable[[Sequence[ItemT]], Awaitable[ResultT]],
+        items: Sequence[ItemT],
+    ) -> ResultT:
         """One attempt, ended at its deadline; a missed deadline is `DependencyUnavailable`."""
         if self.statement_timeout is None:
-            return await work.attempt(items)
+            return await attempt(items)
         scope = asyncio.timeout(batch_deadline(len(items), self.statement_timeout))
         try:
             async with scope:
-                return await work.attempt(items)
+                return await attempt(items)
         except Exception as error:
             if scope.expired():  # whatever the cancelled attempt raised on its way out
                 raise DependencyUnavailable("the batch missed its deadline") from error

@@ -11,9 +11,9 @@ one delivery tag, which would close the channel.
 The unsettled set (every delivery received and not yet settled) is what a stop waits for, and
 what it returns to the queue when its grace period runs out.
 
-Batch-shaped: `answer` publishes a batch's outcomes with one confirm wait and then acknowledges
-the batch, with one `multiple=True` ack per channel when the delivery tags allow it (`_ack_all`).
-One line per batch at info; the per-command lines are at debug.
+Batch-shaped: `ack_all` acknowledges a batch with one `multiple=True` ack per channel when the
+delivery tags allow it. Settlement sends nothing but acks and nacks: what is published before a
+fate (outcomes, dead letters) is the batch's business (`worker.messaging.batches`).
 
 Over 200 lines: the guard, the fates and the unsettled set are one promise (the multiple ack
 reads the unsettled set), kept together so that it can be read (and checked) in one place.
@@ -23,35 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from worker.app.outcomes import Outcome
 from worker.messaging.connection import broker_call
 
-log = structlog.stdlib.get_logger("worker.consumer")
-# The standard library's logger of the same name decides the level (worker/logs.py); asked
-# directly, it answers whether or not structlog is configured (in-process tests do not).
-_levels = logging.getLogger("worker.consumer")
-
-DEAD_LETTER_RETRY_PAUSE = 1.0  # do not spin on a broker that refuses dead letters
-
-
-class OutcomePublisher(Protocol):
-    """What settlement needs of the publisher (`worker.messaging.publisher.Publisher`)."""
-
-    async def publish_outcomes(
-        self, answers: Sequence[tuple[AbstractIncomingMessage, Outcome]]
-    ) -> None: ...
-
-    async def dead_letter(
-        self, command: AbstractIncomingMessage, error: str, detail: str, reply_error: str
-    ) -> None: ...
+log = structlog.stdlib.get_logger(__name__)
 
 
 class Fate(enum.Enum):
@@ -115,8 +96,7 @@ def _channel_of(message: AbstractIncomingMessage) -> object | None:
 
 
 class Settlement:
-    def __init__(self, publisher: OutcomePublisher) -> None:
-        self._publisher = publisher
+    def __init__(self) -> None:
         self._unsettled: set[AbstractIncomingMessage] = set()
         self._all_settled = asyncio.Event()
         self._all_settled.set()
@@ -159,55 +139,17 @@ class Settlement:
         except Exception as error:
             left = [d for d in deliveries if d.fate is None]
             log.error("delivery_failed_unexpectedly", returned=len(left), exc_info=error)
-            await self._requeue_all(left)
+            await self.requeue_all(left)
         except BaseException:  # a stop cancelled the block: return what it did not settle
-            await self._requeue_all([d for d in deliveries if d.fate is None])
+            await self.requeue_all([d for d in deliveries if d.fate is None])
             raise
         else:
             left = [d for d in deliveries if d.fate is None]
             if left:
                 log.error("delivery_left_unsettled", returned=len(left))
-                await self._requeue_all(left)
+                await self.requeue_all(left)
 
     # --- the fates ---------------------------------------------------------------------------
-
-    async def answer(self, deliveries: Sequence[Delivery], outcomes: Sequence[Outcome]) -> None:
-        """Publish each delivery's outcome, then acknowledge them all once every publish is
-        confirmed; return them all to the queue if one is not."""
-        answers = [(d.message, o) for d, o in zip(deliveries, outcomes, strict=True)]
-        try:
-            await broker_call(self._publisher.publish_outcomes(answers))
-        except Exception as error:
-            # Committed but not confirmed (the outlet has tried again on every new connection
-            # while the commands were held): return them; their redelivery is answered from
-            # the stored outcomes, with the same event message ids.
-            log.warning("publish_failed", count=len(deliveries), error=repr(error))
-            await self._requeue_all(deliveries)
-            return
-        await self._ack_all(deliveries)
-        log.info("batch_answered", count=len(deliveries))
-        if _levels.isEnabledFor(logging.DEBUG):
-            for delivery, outcome in zip(deliveries, outcomes, strict=True):
-                log.debug("command_processed", **delivery.context, outcome=outcome.routing_key)
-
-    async def dead_letter(
-        self, delivery: Delivery, error: str, detail: str, reply_error: str
-    ) -> None:
-        """A confirmed copy in the dead-letter queue (and a reply to the sender), then an ack;
-        returned to the queue, after a pause, if the broker does not confirm the copy."""
-        try:
-            await broker_call(
-                self._publisher.dead_letter(delivery.message, error, detail, reply_error)
-            )
-        except Exception as failure:
-            # Refused by the broker (the outlet tries a lost connection again by itself): do
-            # not spin on it.
-            log.error("dead_letter_failed", **delivery.context, error=repr(failure))
-            await asyncio.sleep(DEAD_LETTER_RETRY_PAUSE)
-            await self.requeue(delivery)
-            return
-        await self.ack(delivery, Fate.DEAD_LETTERED)
-        log.warning("command_dead_lettered", **delivery.context, error=error, detail=detail)
 
     def returned_by_broker(self, delivery: Delivery) -> None:
         """Delivered on a channel that is gone: the broker has requeued it already."""
@@ -239,7 +181,7 @@ class Settlement:
         finally:
             self._forget(delivery.message)
 
-    async def _ack_all(self, deliveries: Sequence[Delivery]) -> None:
+    async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
         """Acknowledge a batch: one `multiple=True` ack per channel where the delivery tags
         allow it, else one ack each. They allow it only when every unsettled delivery on that
         channel with a tag up to the batch's highest is this batch's: concurrent batches
@@ -281,7 +223,8 @@ class Settlement:
             for delivery in group:
                 self._forget(delivery.message)
 
-    async def _requeue_all(self, deliveries: Sequence[Delivery]) -> None:
+    async def requeue_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Return to the queue each of `deliveries` that has no fate yet."""
         for delivery in deliveries:
             if delivery.fate is None:
                 await self.requeue(delivery)

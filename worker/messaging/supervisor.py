@@ -15,7 +15,12 @@ that blocks the publishing one, in a resource alarm, still takes the consumer's 
   second) and a broker that blocks the publishing link (an alarm: the batches in hand are kept
   and published when it clears). After a third of `WORKER_STUCK_LIMIT` of that, both links are
   closed and everything is built anew; at the limit `/healthz` fails and the worker exits
-  non-zero (its commands returned within the grace period) for its supervisor to restart it.
+  non-zero (its commands returned within the grace period) for its supervisor to restart it
+  (the clock of that is `worker.messaging.stuck`).
+
+Over 250 lines for a reason: the two keepers, the watch and the stop share one state (the links,
+the consumer on one of them, what the broker refused); split apart, they would reach back into
+each other for it.
 """
 
 from __future__ import annotations
@@ -27,18 +32,19 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel
 
 from contracts.names import Topology
 from worker.messaging import topology as broker_topology
-from worker.messaging.connection import bounded, broker_call, ssl_context
+from worker.messaging.connection import broker_call, ssl_context
 from worker.messaging.consumer import Consumer
 from worker.messaging.link import BlockObserver, BrokerLink, first_of, open_link
 from worker.messaging.outlet import Outlet
 from worker.messaging.publisher import Publisher
+from worker.messaging.stuck import Next, ReadyMessages, StuckClock
 from worker.settings import Settings
 
-log = structlog.stdlib.get_logger("worker.supervisor")
+log = structlog.stdlib.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -46,12 +52,6 @@ RECONNECT_PAUSE = 1.0  # between attempts to open a link; the first after a loss
 WATCH_INTERVAL = 1.0
 POLL = 0.5  # how often a keeper looks at the channels of its link
 STARVED_AFTER = 10.0  # seconds without a delivery before the queue's depth is looked at
-DEPTH_CHECK_INTERVAL = 5.0
-DEPTH_CHECK_TIMEOUT = 3.0
-
-
-class WorkerStuck(RuntimeError):
-    """Unable to consume for `WORKER_STUCK_LIMIT` seconds while the broker was usable."""
 
 
 class _Refused(Exception):
@@ -83,7 +83,6 @@ class Supervisor:
         self._make_consumer = make_consumer
         self._on_block = on_block
         self._on_reconnect = on_reconnect or (lambda _: None)
-        self._on_not_consuming = on_not_consuming or (lambda _: None)
         self._consuming: _ConsumingSide | None = None
         self._publishing: BrokerLink | None = None
         self._refused: set[str] = set()  # roles whose last attempt the broker did not accept
@@ -91,12 +90,8 @@ class Supervisor:
         self._rebuild_consuming = asyncio.Event()
         self._rebuild_publishing = asyncio.Event()
         self._stopping = False
-        self._stuck_since: float | None = None
-        self._stuck_reason = ""
-        self._rebuilds_this_episode = 0
-        self._depth_checked_at = 0.0
-        self._ready_messages = 0
-        self.limit = settings.stuck_limit
+        self._clock = StuckClock(settings.stuck_limit, on_not_consuming or (lambda _: None))
+        self._ready = ReadyMessages(topology.worker_queue)
         self.returned = 0  # commands a stop returned to the queue
         self.stopping_at = 0.0  # time.monotonic() when the stop began
 
@@ -132,15 +127,11 @@ class Supervisor:
 
     def not_consuming_for(self) -> float:
         """Seconds the worker has been unable to consume while the broker was usable."""
-        since = self._stuck_since
-        return 0.0 if since is None else time.monotonic() - since
+        return self._clock.not_consuming_for()
 
     def liveness(self) -> str | None:
         """None while alive; else why not (the liveness probe's answer)."""
-        stuck = self.not_consuming_for()
-        if stuck < self.limit:
-            return None
-        return f"unable to consume for {stuck:.0f}s ({self._stuck_reason})"
+        return self._clock.liveness()
 
     async def wait_consuming(self) -> None:
         """Returns once a consumer is registered (after its careful start): the first one, or
@@ -221,7 +212,7 @@ class Supervisor:
                 side.consumer.raise_dispatcher_failure()
             if self._rebuild_consuming.is_set():
                 self._rebuild_consuming.clear()
-                return "starting anew: " + self._stuck_reason
+                return "starting anew: " + self._clock.reason
             await first_of(side.link.lost.wait(), self._rebuild_consuming.wait(), within=POLL)
 
     async def _keep_publishing(self) -> None:
@@ -319,26 +310,7 @@ class Supervisor:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            problem = await self._problem()
-            now = time.monotonic()
-            if problem is None:
-                if self._stuck_since is not None:
-                    log.info("consuming_again", after=round(now - self._stuck_since, 1))
-                self._stuck_since, self._rebuilds_this_episode = None, 0
-                self._on_not_consuming(0.0)
-                continue
-            if self._stuck_since is None:
-                self._stuck_since = now
-                log.warning("not_consuming", reason=problem)
-            self._stuck_reason = problem
-            stuck = now - self._stuck_since
-            self._on_not_consuming(stuck)
-            if stuck >= self.limit:
-                log.error("worker_stuck", reason=problem, seconds=round(stuck, 1))
-                raise WorkerStuck(f"unable to consume for {stuck:.0f}s: {problem}")
-            if stuck >= self.limit / 3 * (self._rebuilds_this_episode + 1):
-                self._rebuilds_this_episode += 1
-                log.warning("connections_rebuilding", reason=problem, seconds=round(stuck, 1))
+            if self._clock.observe(await self._problem()) is Next.REBUILD:
                 self._rebuild_consuming.set()
                 self._rebuild_publishing.set()
 
@@ -358,30 +330,10 @@ class Supervisor:
             return "outcomes cannot be published"
         consumer = side.consumer
         if consumer.consuming and consumer.has_room and consumer.idle_for > STARVED_AFTER:
-            ready = await self._queue_depth(side)
+            ready = await self._ready.count(side.link)
             if ready > 0:
                 return f"{ready} messages ready in the queue and none delivered"
         return None
-
-    async def _queue_depth(self, side: _ConsumingSide) -> int:
-        """Ready messages in the worker queue, looked up at most every few seconds."""
-        now = time.monotonic()
-        if now - self._depth_checked_at < DEPTH_CHECK_INTERVAL:
-            return self._ready_messages
-        self._depth_checked_at = now
-        try:
-            passive = self._declare_passively(side)
-            declared = await broker_call(bounded(passive, DEPTH_CHECK_TIMEOUT))
-            self._ready_messages = int(declared.declaration_result.message_count or 0)
-        except Exception as error:
-            log.debug("queue_depth_unknown", error=repr(error))
-            self._ready_messages = 0
-        return self._ready_messages
-
-    async def _declare_passively(self, side: _ConsumingSide) -> AbstractQueue:
-        # A channel of its own: a failed passive declare closes the channel it was made on.
-        async with side.link.connection.channel() as channel:
-            return await channel.declare_queue(self._topology.worker_queue, passive=True)
 
 
 def _ending(task: asyncio.Task[None]) -> BaseException:

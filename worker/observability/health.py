@@ -39,7 +39,7 @@ from prometheus_client import make_wsgi_app
 from worker.app.failures import OperatorError
 from worker.observability.metrics import Metrics
 
-log = structlog.stdlib.get_logger("worker.health")
+log = structlog.stdlib.get_logger(__name__)
 
 LOOP_DEADLINE: Final = 2.0
 CHECK_INTERVAL: Final = 2.0
@@ -194,23 +194,6 @@ class HealthServer:
         except RuntimeError:  # the loop is closed
             return False
         return answered.wait(LOOP_DEADLINE)
-
-
-def probe(host: str, port: int, path: str, timeout: float = 5.0) -> str | None:
-    """For `coupon-worker healthcheck --http PATH` (exec probes, the image's HEALTHCHECK):
-    None when the worker answers 200, else why not."""
-    import urllib.error
-    import urllib.request
-
-    target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    url = f"http://{target}:{port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return None if response.status == 200 else f"{url} answered {response.status}"
-    except urllib.error.HTTPError as error:
-        return f"{url} answered {error.code}: {error.read().decode(errors='replace').strip()}"
-    except OSError as error:
-        return f"{url} does not answer ({error}): is the worker running with WORKER_HTTP_PORT?"
 
 
 def _json(start_response: StartResponse, ok: bool, body: dict[str, Any]) -> list[bytes]:

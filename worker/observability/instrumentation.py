@@ -18,10 +18,10 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.names import Topology
-from worker.app.pipeline import BatchProcessor
+from worker.app.pipeline import CommandPipeline
 from worker.app.ports import UnitOfWork
-from worker.messaging.settlement import OutcomePublisher
-from worker.observability import tracing
+from worker.messaging.publisher import OutcomePublisher
+from worker.observability import traced, tracing
 from worker.observability.metered import (
     MeteredPipeline,
     MeteredPublisher,
@@ -52,12 +52,14 @@ class Instrumentation:
 
     def publisher(self, publisher: OutcomePublisher) -> OutcomePublisher:
         if self._tracing is not None:
-            publisher = self._tracing.publisher(publisher)
+            publisher = traced.TracedPublisher(publisher, self._tracing)
         return MeteredPublisher(publisher, self.metrics)
 
-    def pipeline(self, pipeline: BatchProcessor) -> BatchProcessor:
+    def pipeline(self, pipeline: CommandPipeline) -> CommandPipeline:
         metered = MeteredPipeline(pipeline, self.metrics)
-        return self._tracing.pipeline(metered) if self._tracing is not None else metered
+        if self._tracing is None:
+            return metered
+        return traced.TracedPipeline(metered, self._tracing)
 
     def delivered(self, message: AbstractIncomingMessage) -> None:
         """The consumer's delivery hook: redeliveries counted, trace contexts remembered."""

@@ -10,14 +10,14 @@ from collections.abc import Callable, Sequence
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker.app.outcomes import Outcome
-from worker.app.pipeline import BatchProcessor, Envelope
+from worker.app.pipeline import CommandPipeline, Envelope
 from worker.app.ports import ForwardingUnitOfWork, ProcessedCommands, UnitOfWork
-from worker.messaging.settlement import OutcomePublisher
+from worker.messaging.publisher import OutcomePublisher
 from worker.observability.metrics import Metrics
 
 
 class MeteredPipeline:
-    def __init__(self, inner: BatchProcessor, metrics: Metrics) -> None:
+    def __init__(self, inner: CommandPipeline, metrics: Metrics) -> None:
         self._inner = inner
         self._metrics = metrics
 

@@ -22,12 +22,11 @@ from aio_pika.abc import AbstractIncomingMessage
 from contracts.commands import Command
 from contracts.events import Event
 from worker.app.outcomes import Outcome
-from worker.app.pipeline import Handle
-from worker.app.ports import ForwardingUnitOfWork, UnitOfWork
+from worker.app.ports import CouponRepository, ForwardingUnitOfWork, UnitOfWork
+from worker.domain.handlers import HandleCommand
 from worker.domain.model import Coupon
-from worker.domain.ports import CouponRepository
 from worker.domain.working_set import WorkingSet
-from worker.messaging.settlement import OutcomePublisher
+from worker.messaging.publisher import OutcomePublisher
 from worker.testing.faults import FaultPlan, FaultPoint
 
 
@@ -37,7 +36,7 @@ class FaultInjection:
     def __init__(self, plan: FaultPlan) -> None:
         self.plan = plan
 
-    def handle(self, handle: Handle) -> Handle:
+    def handle(self, handle: HandleCommand) -> HandleCommand:
         def faulty(command: Command, coupons: WorkingSet, message_id: str) -> Event:
             self.plan.hit(FaultPoint.HANDLE, [command.code])
             return handle(command, coupons, message_id)

@@ -1,4 +1,4 @@
-"""`worker.messaging.connection.bounded`: a broker call given up on after its time, not waited
+"""`worker.messaging.connection.time_limited`: a broker call given up on after its time, not waited
 for while it cancels, and its late end read so that asyncio reports nothing."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from worker.messaging.connection import bounded
+from worker.messaging.connection import time_limited
 
 
 async def test_an_answer_in_time_is_returned() -> None:
     async def answers() -> str:
         return "ok"
 
-    assert await bounded(answers(), 1.0) == "ok"
+    assert await time_limited(answers(), 1.0) == "ok"
 
 
 async def test_a_slow_call_is_abandoned_without_waiting_for_it_to_cancel() -> None:
@@ -36,7 +36,7 @@ async def test_a_slow_call_is_abandoned_without_waiting_for_it_to_cancel() -> No
 
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        await bounded(slow_to_cancel(), 0.1)
+        await time_limited(slow_to_cancel(), 0.1)
     assert time.monotonic() - started < 0.3, "waited for the abandoned call to end"
     await asyncio.wait_for(ended.wait(), 2)
     await asyncio.sleep(0)
