@@ -34,8 +34,9 @@ SUBSTRING = 6  # every run of this many characters of a password is searched for
 
 def new_password() -> str:
     """A password no log line holds by chance (72 random bits in each 12-character run), with
-    the characters a URL must encode (`/%+@:`) in the middle."""
-    return f"{secrets.token_urlsafe(12)}/%+@:{secrets.token_urlsafe(12)}"
+    the characters a URL must encode (`/%+@:`) in the middle. It starts with a letter:
+    rabbitmqctl takes a password starting with `-` for an option."""
+    return f"P{secrets.token_urlsafe(12)}/%+@:{secrets.token_urlsafe(12)}"
 
 
 def secret_forms(*passwords: str, users: Iterable[str] = ()) -> set[str]:

@@ -24,3 +24,7 @@ def test_every_form_of_a_password_is_found_and_nothing_else() -> None:
         assert leaks(text, forms), form
     assert not leaks(f"amqp://alice:***@host/ {password[: SUBSTRING - 1]}", forms)
     assert not leaks(new_password(), forms)  # another password shares no run of 6
+
+
+def test_a_new_password_never_reads_as_a_command_line_option() -> None:
+    assert not any(new_password().startswith("-") for _ in range(2000))
