@@ -36,12 +36,15 @@ test-fast: setup test-services
 test-cluster: setup test-services
 	$(UV) run pytest -m cluster $(PYTEST_ARGS)
 
-# The fault suite, its figures kept in tests/results/reliability.json, and the
-# Reliability table (docs/reliability.md) rendered from them. A disruptive test waits for the machine's service lock;
-# that wait does not count against its timeout (timeout_func_only in pyproject.toml).
+# The fault suite (the cluster tests included), its figures kept in tests/results/reliability.json
+# beside pytest's own record of the run (reliability.junit.xml, the FIGURES lines in it), and the
+# Reliability and Past-one-machine tables of docs/reliability.md rendered from them, failed tests
+# or not (the exit status is the suite's). A disruptive test waits for the machine's service
+# lock; that wait does not count against its timeout (timeout_func_only in pyproject.toml).
 reliability: setup test-services
-	RELIABILITY_RESULTS=tests/results/reliability.json $(UV) run pytest -m faults $(PYTEST_ARGS)
-	$(UV) run python -m tests.support.reliability_table --write docs/reliability.md
+	RELIABILITY_RESULTS=tests/results/reliability.json $(UV) run pytest -m faults \
+		--junitxml=tests/results/reliability.junit.xml $(PYTEST_ARGS); status=$$?; \
+	$(UV) run python -m tests.support.reliability_table --write docs/reliability.md && exit $$status
 
 lint: setup
 	$(UV) run ruff check .
@@ -49,10 +52,12 @@ lint: setup
 	$(UV) run mypy
 
 # The worker against a broker-only ceiling (docs/performance.md): BENCH_ARGS="--commands 5000",
-# worker knobs as flags or WORKER_* variables; results in benchmarks/results/.
+# worker knobs as flags or WORKER_* variables; results and their raw record in
+# benchmarks/results/, then the tables of docs/performance.md rendered from the new result.
 BENCH_ARGS ?=
 bench: setup services
 	$(UV) run python -m benchmarks $(BENCH_ARGS)
+	$(UV) run python -m benchmarks.table benchmarks/results/latest.json --write docs/performance.md
 
 # The same, end to end with small counts (a smoke test, not figures).
 bench-quick: setup services

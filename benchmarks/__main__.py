@@ -1,9 +1,12 @@
 """`make bench` (= `uv run python -m benchmarks`): the worker as a user runs it, against a
 broker-only ceiling, on the local RabbitMQ and PostgreSQL. See docs/performance.md.
 
-Writes benchmarks/results/<UTC timestamp>.json and benchmarks/results/latest.json, prints the
-README tables. Exit 1 if the worker lost or doubled a command (or the run cannot be trusted),
-2 on bad arguments or unreachable services.
+Writes benchmarks/results/<UTC timestamp>.json and benchmarks/results/latest.json, and beside
+them the run's raw record, <UTC timestamp>.log: one `FIGURES [...]` line per measured run, from
+which tests/unit/test_benchmark_record.py rebuilds the result file's figures. Prints the tables
+of docs/performance.md (`python -m benchmarks.table --write docs/performance.md` puts them
+there; `make bench` does both). Exit 1 if the worker lost or doubled a command (or the run
+cannot be trusted), 2 on bad arguments or unreachable services.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from benchmarks.progress import Progress
 from benchmarks.runner import run_all
 from benchmarks.table import render
 
-FORMAT = 1
+FORMAT = 2  # 2: medians of repetitions, the ceiling's configurations, a raw record
 SERVICE_LOCK = os.environ.get("COUPON_SERVICE_LOCK", "/tmp/coupon-services.lock")
 
 
@@ -55,9 +58,10 @@ def services_held(progress: Progress) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-async def run(config: BenchConfig, progress: Progress, logs: Path) -> dict[str, Any]:
+async def run(config: BenchConfig, context: Context) -> dict[str, Any]:
     started_at = datetime.now(UTC)
     started = time.monotonic()
+    progress = context.progress
     connection = await aio_pika.connect(config.amqp_url)
     try:
         description = await machine.describe(connection, config.admin_database_url)
@@ -67,7 +71,7 @@ async def run(config: BenchConfig, progress: Progress, logs: Path) -> dict[str, 
         f"coupon-worker benchmark: {len(config.workloads)} workloads x {config.commands:,} "
         f"commands; load average {description['load_average_at_start']}"
     )
-    figures = await run_all(Context(config, progress, logs))
+    figures = await run_all(context)
     return {
         "format": FORMAT,
         "status": "passed",
@@ -80,12 +84,15 @@ async def run(config: BenchConfig, progress: Progress, logs: Path) -> dict[str, 
     }
 
 
-def write(result: dict[str, Any], directory: Path) -> Path:
+def write(result: dict[str, Any], record: list[str], directory: Path) -> Path:
+    """The result file, latest.json (the same), and the raw record `<stamp>.log`."""
     stamp = datetime.fromisoformat(result["started_at"]).strftime("%Y%m%dT%H%M%SZ")
     path = directory / f"{stamp}.json"
     result["file"] = path.name
+    result["raw_record"] = f"{stamp}.log"
     text = json.dumps(result, indent=2) + "\n"
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / result["raw_record"]).write_text("\n".join(record) + "\n")
     path.write_text(text)
     (directory / "latest.json").write_text(text)
     return path
@@ -100,9 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     progress = Progress()
     logs = Path(tempfile.mkdtemp(prefix="coupon-bench-"))
+    context = Context(config, progress, logs)
     try:
         with services_held(progress):
-            result = asyncio.run(run(config, progress, logs))
+            result = asyncio.run(run(config, context))
     except BenchmarkFailed as error:
         progress.say(f"\nBENCHMARK FAILED: {error}\n(process logs kept in {logs})")
         sys.exit(1)
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         progress.say(f"\ninterrupted (process logs kept in {logs})")
         sys.exit(130)
     shutil.rmtree(logs, ignore_errors=True)
-    path = write(result, config.output_dir)
+    path = write(result, context.record, config.output_dir)
     print(render(result))  # noqa: T201 - the benchmark's own output
     progress.say(f"\n{result['seconds']:.0f}s; results in {path} and latest.json")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import psutil
 from aio_pika.abc import AbstractConnection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from benchmarks import provenance
 from benchmarks.database import server_version
 
 LIBRARIES = ("aio-pika", "aiormq", "sqlalchemy", "asyncpg", "pydantic", "structlog", "uvloop")
@@ -41,13 +41,13 @@ def library_versions() -> dict[str, str | None]:
 
 
 def revision() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=REPOSITORY, capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+    """The commit the run measures, and whether the code under test (the worker and the
+    benchmark, `provenance.BENCHMARK_CODE`) had uncommitted changes when it started."""
+    commit = provenance.head(40)
+    return {
+        "commit": None if commit == "unknown" else commit,
+        "dirty": provenance.uncommitted(provenance.BENCHMARK_CODE),
+    }
 
 
 async def describe(connection: AbstractConnection, admin_database_url: str) -> dict[str, Any]:

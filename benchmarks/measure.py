@@ -8,12 +8,12 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks import checks, database, timing
-from benchmarks.config import BenchConfig
+from benchmarks.config import BenchConfig, CeilingConfiguration
 from benchmarks.database import BenchmarkFailed
 from benchmarks.observer import Observer
 from benchmarks.processes import TargetProcess
@@ -29,14 +29,23 @@ class Context:
     config: BenchConfig
     progress: Progress
     logs: Path
+    record: list[str] = field(default_factory=list)  # the run's FIGURES lines, in order
 
 
 async def measure(
-    context: Context, target: str, workload: str, size: int, rate: float | None = None
+    context: Context,
+    target: str,
+    workload: str,
+    size: int,
+    rate: float | None = None,
+    ceiling: CeilingConfiguration | None = None,
 ) -> dict[str, Any]:
-    """Preloaded (`rate` None: the queue is full before the target starts) or paced."""
+    """Preloaded (`rate` None: the queue is full before the target starts) or paced; the
+    ceiling as `ceiling` says (else one batch at a time on the default loop)."""
     config = context.config
-    label = f"{target} {workload}" + (f" at {rate:.0f}/s" if rate else "")
+    ceiling = ceiling or CeilingConfiguration("asyncio", 1)
+    shown = f"ceiling ({ceiling.name})" if target == "ceiling" else target
+    label = f"{shown} {workload}" + (f" at {rate:.0f}/s" if rate else "")
     stage = Stage(config.amqp_url, config.admin_database_url)
     verdict = checks.Verdict()
     try:
@@ -48,13 +57,15 @@ async def measure(
         if rate is None:
             with context.progress.phase(f"{label}: preload", len(plan)) as phase:
                 await stage.preload(plan.messages, phase.advance)
-        process = _process(context, target, stage, label)
+        process = _process(context, target, stage, label, ceiling)
         async with _running(stage, process):
             with context.progress.phase(label, len(plan)) as phase:
                 sent, achieved = await _drive(stage, plan, rate, phase, process)
         assert stage.observer is not None
         arrivals = stage.observer.arrivals
         result: dict[str, Any] = {"target": target, "workload": workload, "commands": len(plan)}
+        if target == "ceiling":
+            result["ceiling"] = ceiling.describe()
         result["mode"] = "preloaded" if rate is None else "paced"
         result.update(timing.throughput(arrivals))
         if rate is not None:
@@ -79,8 +90,11 @@ async def measure(
     return result
 
 
-def _process(context: Context, target: str, stage: Stage, label: str) -> TargetProcess:
-    log = context.logs / f"{label.replace(' ', '-').replace('/', '')}.log"
+def _process(
+    context: Context, target: str, stage: Stage, label: str, ceiling: CeilingConfiguration
+) -> TargetProcess:
+    name = "".join(c if c.isalnum() or c in "-." else "-" for c in label)
+    log = context.logs / f"{name}-{len(list(context.logs.iterdir()))}.log"
     config = context.config
     if target == "ceiling":
         return TargetProcess.ceiling(
@@ -89,6 +103,8 @@ def _process(context: Context, target: str, stage: Stage, label: str) -> TargetP
             f"--prefix={stage.prefix}",
             f"--prefetch={config.effective_knob('prefetch')}",
             f"--batch-size={config.effective_knob('batch_size')}",
+            f"--concurrency={ceiling.concurrency}",
+            f"--loop={ceiling.loop}",
         )
     env = {
         "AMQP_URL": config.amqp_url,

@@ -26,6 +26,16 @@ StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """The figures a test states go into its own record (tests/support/figures.py)."""
+    figures.running(item)
+    try:
+        return (yield)
+    finally:
+        figures.running(None)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import CreateCoupon, RedeemCoupon
 from contracts.commands import Command
 from tests.conftest import StartWorker
+from tests.support import bounds
 from tests.support.broker import Broker
 from tests.support.ledger import Ledger, SteadyFlow
 from tests.support.outages import (
@@ -30,6 +31,7 @@ from tests.support.outages import (
 )
 from tests.support.resumption import resume_and_settle
 from tests.support.services import Services
+from worker.settings import Settings
 
 pytestmark = [
     pytest.mark.faults,
@@ -40,7 +42,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning"),
 ]
 
-RESUME_LIMIT = 30.0  # contract: the worker resumes on its own within 30 s
 APP_DOWN_SECONDS = 5.0
 SHARED_CODE = "restart-shared"
 SHARED_COUNT = 100_000
@@ -72,8 +73,10 @@ async def run_through(
     broker: Broker,
     start_worker: StartWorker,
     db: AsyncEngine,
+    settings: Settings,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    resume = bounds.broker_resumed(settings)
     ledger = Ledger(broker, durable=True)
     await ledger.start()
     worker = start_worker()
@@ -88,7 +91,7 @@ async def run_through(
 
     outage = await disruption()
     resumed, settled = await resume_and_settle(
-        flow, outage.answering_at, RESUME_LIMIT, broker, worker
+        flow, outage.answering_at, resume.seconds, broker, worker
     )
 
     assert worker.running(), "the worker process exited:\n" + worker.output[-3000:]
@@ -103,13 +106,14 @@ async def run_through(
         capsys,
         broker_down_seconds=outage.down_seconds,
         resumed_seconds_after_broker_answered=round(resumed, 1),
+        **resume.figures("resume"),
         settle_seconds=round(settled, 1),
         publish_retries=flow.retries,
         worker_reconnects=reconnects,
         worker_ready_logs=len(worker.events("worker_ready")),
     )
     report.assert_ok()
-    assert resumed <= RESUME_LIMIT
+    assert resumed <= resume.seconds
     # The shared coupon cannot run out: every redeem of it is granted.
     assert report.wrong == 0 and "Exhausted" not in report.outcome_kinds
     assert report.lost == 0 and report.doubled == 0 and report.dead_lettered == 0
@@ -120,6 +124,7 @@ async def test_rabbitmq_app_stop_start_worker_resumes(
     start_worker: StartWorker,
     db: AsyncEngine,
     services: Services,
+    settings: Settings,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     async def stop_and_start() -> Outage:
@@ -128,7 +133,9 @@ async def test_rabbitmq_app_stop_start_worker_resumes(
         await broker.wait_queue(broker.topology.worker_queue, within=60)
         return outage
 
-    await run_through(stop_and_start, "broker stop_app/start_app", broker, start_worker, db, capsys)
+    await run_through(
+        stop_and_start, "broker stop_app/start_app", broker, start_worker, db, settings, capsys
+    )
 
 
 async def test_broker_closes_connections_worker_resumes(
@@ -136,9 +143,12 @@ async def test_broker_closes_connections_worker_resumes(
     start_worker: StartWorker,
     db: AsyncEngine,
     services: Services,
+    settings: Settings,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     async def close_all() -> Outage:
         return await close_broker_connections(services.amqp_url)
 
-    await run_through(close_all, "broker close_all_connections", broker, start_worker, db, capsys)
+    await run_through(
+        close_all, "broker close_all_connections", broker, start_worker, db, settings, capsys
+    )

@@ -181,7 +181,9 @@ async def run_node_loss(
         settle_seconds=round(settled, 1),
         publish_retries=flow.retries,
         worker_reconnects=len(worker.events("broker_reconnected")),
-        worker_restarts=0,
+        worker_starts=len(worker.events("worker_ready")),
+        resume_bound_seconds=RESUME_LIMIT,
+        resume_bound_rule="the_contract's_30_s",
     )
     report.assert_ok()
     assert resumed <= RESUME_LIMIT
@@ -375,7 +377,9 @@ async def test_the_primary_is_lost_and_the_standby_promoted(
         resumed_seconds_after_promotion=round(resumed, 1),
         primary_stop_to_promoted_seconds=round(promoted_at - stopped_at, 1),
         settle_seconds=round(settled, 1),
-        worker_restarts=0,
+        worker_starts=len(worker.events("worker_ready")),
+        resume_bound_seconds=RESUME_LIMIT,
+        resume_bound_rule="the_contract's_30_s",
     )
     assert report.dead_lettered == 0
     assert resumed <= RESUME_LIMIT

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import CreateCoupon, RedeemCoupon
 from contracts.commands import Command
 from tests.conftest import StartWorker
+from tests.support import bounds
 from tests.support.broker import Broker
 from tests.support.ledger import Ledger, SteadyFlow
 from tests.support.outages import (
@@ -32,6 +33,7 @@ from tests.support.outages import (
     restore_all,
 )
 from tests.support.services import Services
+from worker.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -79,8 +81,10 @@ async def test_database_outage_holds_commands_and_catches_up(
     start_worker: StartWorker,
     db: AsyncEngine,
     database_url: str,
+    settings: Settings,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    resume = bounds.database_resumed(settings)
     ledger = Ledger(broker)
     await ledger.start()
     worker = start_worker(worker_delivery_limit=str(DELIVERY_LIMIT))
@@ -107,6 +111,8 @@ async def test_database_outage_holds_commands_and_catches_up(
         ledger.received()
         sent_in_outage = list(ledger.commands)[before:]
         answered_in_outage = [m for m in sent_in_outage if m in ledger.by_causation]
+    # Resumed: a command sent after PostgreSQL answered has its outcome (behind the backlog).
+    resumed = await flow.first_outcome_after(outage.answering_at, within=resume.seconds + 30)
     await flow.stop()  # everything sent before PostgreSQL answered must now go through
     caught_up = await ledger.wait_outcomes(within=CATCH_UP_LIMIT + 30)
     after_answering = time.monotonic() - outage.answering_at
@@ -127,7 +133,11 @@ async def test_database_outage_holds_commands_and_catches_up(
         capsys,
         outage_seconds=outage.down_seconds,
         commands_sent_during_outage=len(sent_in_outage),
+        answered_during_outage=len(answered_in_outage),
+        first_outcome_seconds_after_postgres_answered=round(resumed, 1),
+        **resume.figures("resume"),
         processed_seconds_after_postgres_answered=round(after_answering, 1),
+        catch_up_bound_seconds=CATCH_UP_LIMIT,
         wait_seconds=round(caught_up, 1),
         outage_logged=len(down_logs),
         recovery_logged=len(up_logs),
@@ -141,6 +151,7 @@ async def test_database_outage_holds_commands_and_catches_up(
     assert report.wrong == 0 and "Exhausted" not in report.outcome_kinds
     assert outage.down_seconds >= 30
     assert len(down_logs) == 1 and len(up_logs) == 1
+    assert resumed <= resume.seconds
     assert after_answering <= CATCH_UP_LIMIT
     assert report.lost == 0 and report.doubled == 0 and report.dead_lettered == 0
 

@@ -1,18 +1,19 @@
-"""Security (issue 3, item 9): a least-privilege broker user, no password in any output, amqps://
-with a CA file, and SQL that takes input only as bound parameters."""
+"""Security (issue 3, item 9; issue 21, item 4): a least-privilege broker user, no password in
+any output, amqps:// with a CA file, and SQL that takes input only as bound parameters.
+
+The helpers (users and roles with real passwords, the forms a password is searched in, the TLS
+proxy) are in tests/support/security.py and tests/support/tls.py."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-import secrets
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import func, select, text
@@ -21,11 +22,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import CreateCoupon, GetCoupon, RedeemCoupon, names
 from contracts.validation import InvalidCommand, RejectionCode, decode_command
 from tests.conftest import StartWorker
-from tests.support import figures
+from tests.support import figures, security
 from tests.support.broker import Broker
 from tests.support.cli import Finished, run_cli
+from tests.support.http_probe import get, http_port, wait_status
 from tests.support.ledger import _reason
+from tests.support.security import (
+    RabbitUser,
+    assert_no_secret,
+    new_password,
+    rabbitmqctl,
+    secret_forms,
+)
 from tests.support.services import Services
+from tests.support.tls import TlsProxy, make_certificates
 from worker.app.outcomes import Outcome
 from worker.db import tables
 from worker.db.repositories import CouponsRepository, ProcessedCommandsRepository
@@ -37,68 +47,14 @@ INJECTIONS = ("'); DROP TABLE coupon;--", "' OR '1'='1")
 CLOSED_PORT = 1  # nothing listens on tcpmux here: the connection is refused at once
 
 
-# --- helpers ---------------------------------------------------------------------------------
-
-
-async def rabbitmqctl(*args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    output = out.decode(errors="replace")
-    assert process.returncode == 0, f"rabbitmqctl {args[0]} failed: {output}"
-    return output
-
-
-@dataclass(frozen=True)
-class RabbitUser:
-    name: str
-    password: str
-
-    def url(self, services: Services, scheme: str = "amqp", port: int | None = None) -> str:
-        where = urlsplit(services.amqp_url)
-        return (
-            f"{scheme}://{self.name}:{quote(self.password, safe='')}@{where.hostname}:"
-            f"{port or where.port or 5672}/"
-        )
-
-
 @pytest.fixture
 async def rabbit_user(prefix: str) -> AsyncIterator[RabbitUser]:
-    """A broker user of this test's own, with a distinctive password, allowed everything
-    under the test's prefix (plus the default exchange, for replies)."""
-    user = RabbitUser(f"coupon-sec-{uuid.uuid4().hex[:8]}", f"AmqpPw-{secrets.token_hex(8)}/%+")
-    await rabbitmqctl("add_user", user.name, user.password)
-    try:
-        mine = f"^{re.escape(prefix)}.*"
-        await rabbitmqctl(
-            "set_permissions", "-p", "/", user.name, mine, mine + "|^amq\\.default$", mine
-        )
+    async with security.rabbit_user(prefix) as user:
         yield user
-    finally:
-        await rabbitmqctl("delete_user", user.name)
-
-
-def secret_forms(*passwords: str) -> set[str]:
-    """Each password as given and as it appears URL-encoded."""
-    return {form for p in passwords for form in (p, quote(p, safe=""))}
-
-
-def assert_no_secret(output: str, secret_values: set[str], what: str) -> None:
-    for value in secret_values:
-        assert value not in output, f"a password appears in {what}:\n{output[-3000:]}"
 
 
 def code_and_output(result: Finished) -> tuple[int, str]:
     return result.returncode, result.output
-
-
-def with_password(database_url: str, password: str) -> str:
-    """The same database URL with a password (trust authentication accepts any)."""
-    scheme, _, rest = database_url.partition("://")
-    credentials, _, location = rest.rpartition("@")
-    user = credentials.split(":", 1)[0] or "postgres"
-    return f"{scheme}://{user}:{quote(password, safe='')}@{location}"
 
 
 def print_figures(capsys: pytest.CaptureFixture[str], label: str, **stated: object) -> None:
@@ -117,7 +73,7 @@ async def test_least_privilege_user_runs_on_operator_topology_and_names_what_is_
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     missing_prefix = f"{prefix}absent-"
-    user = RabbitUser(f"coupon-lp-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18))
+    user = RabbitUser(f"coupon-lp-{uuid.uuid4().hex[:8]}", new_password())
     ours = f"(?:{re.escape(prefix)}|{re.escape(missing_prefix)})"
     await rabbitmqctl("add_user", user.name, user.password)
     try:
@@ -191,8 +147,9 @@ async def test_least_privilege_user_runs_on_operator_topology_and_names_what_is_
 # --- (b) no secrets in any output ------------------------------------------------------------
 
 
-@pytest.mark.timeout(240)
-async def test_no_password_appears_in_logs_or_error_messages(
+@pytest.mark.disruptive  # may put a line for its own role in pg_hba.conf and reload PostgreSQL
+@pytest.mark.timeout(300)
+async def test_no_password_appears_in_any_output(
     broker: Broker,
     start_worker: StartWorker,
     services: Services,
@@ -200,14 +157,30 @@ async def test_no_password_appears_in_logs_or_error_messages(
     rabbit_user: RabbitUser,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    pg_password = f"PgPw-{secrets.token_hex(8)}@:/"
-    wrong_password = f"WrongPw-{secrets.token_hex(8)}"
-    hidden = secret_forms(rabbit_user.password, pg_password, wrong_password)
-    amqp_url = rabbit_user.url(services)
-    db_url = with_password(database_url, pg_password)
+    async with security.password_role(database_url) as role:
+        await no_password_in_any_output(broker, start_worker, services, rabbit_user, role, capsys)
 
-    # A full run, at DEBUG: start-up, commands, dead letters, a command whose failure is
-    # logged with its traceback, a reply to an invalid command, and a clean stop.
+
+async def no_password_in_any_output(
+    broker: Broker,
+    start_worker: StartWorker,
+    services: Services,
+    rabbit_user: RabbitUser,
+    role: security.PostgresRole,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    wrong = new_password()
+    hidden = secret_forms(
+        rabbit_user.password, role.password, wrong, users=(rabbit_user.name, role.name)
+    )
+    amqp_url = rabbit_user.url(services)
+    db_url = role.database_url
+    # Both services really check these passwords: a wrong one is refused.
+    assert await security.password_refused(role.url(password=wrong))
+
+    # A full run, at DEBUG and with traces printed (the console exporter, into the log):
+    # start-up, commands, dead letters, a command whose failure is logged with its traceback,
+    # a reply to an invalid command, the HTTP endpoints, and a clean stop.
     events = await broker.collect_events()
     reply_to, replies = await broker.reply_queue()
     worker = start_worker(
@@ -216,7 +189,10 @@ async def test_no_password_appears_in_logs_or_error_messages(
         worker_log_level="DEBUG",
         worker_fault_plan="handle:raise:fault-secret",
         worker_max_attempts="2",
+        worker_http_port="0",
+        otel_traces_exporter="console",
     )
+    port = await http_port(worker)
     await worker.wait_ready()
     await broker.send(CreateCoupon(code="SEC-1", init_count=1))
     await events.wait_for(1)
@@ -230,35 +206,56 @@ async def test_no_password_appears_in_logs_or_error_messages(
     dead = await broker.wait_dead_letters(3, within=30, quiet=1.0)
     assert sorted(_reason(m) for m in dead) == ["InvalidCommand", "InvalidJson", "ProcessingFailed"]
     await worker.wait_for_log("command_failed")
+    ready = json.dumps(await wait_status(port, "/readyz", 200, within=30))
+    metrics_status, metrics = await get(port, "/metrics")
+    assert metrics_status == 200 and "coupon_worker_commands_total" in metrics, metrics[:500]
     assert await worker.stop(within=60) == 0
     assert worker.events("worker_stopped")
     assert f"{rabbit_user.name}:***@" in worker.output  # where it connects, redacted
-    assert_no_secret(worker.output, hidden, "the worker's log")
-    assert_no_secret(str([m.headers for m in dead]), hidden, "dead-letter headers")
+    spans = worker.output.count('"trace_id"')
+    assert spans >= 3, "no traces were printed to search:\n" + worker.output[-3000:]
+    letters = "\n".join(f"{m.headers!r} {m.headers!s}" for m in dead)
+    places = {
+        "the worker's log (and traces)": worker.output,
+        "/readyz": ready,
+        "/metrics": metrics,
+        "dead-letter headers": letters,
+    }
+    for place, output in places.items():
+        assert_no_secret(output, hidden, place)
 
     # Failures, each a process of its own: every message names the service, never a password.
-    where = urlsplit(services.amqp_url)
     closed_amqp = rabbit_user.url(services, port=CLOSED_PORT)
-    wrong_amqp = f"amqp://{rabbit_user.name}:{wrong_password}@{where.hostname}:{where.port}/"
-    closed_db = re.sub(r"@[^/]+/", f"@127.0.0.1:{CLOSED_PORT}/", db_url)
+    wrong_amqp = rabbit_user.url(services, password=wrong)
+    closed_db = role.url(port=CLOSED_PORT)
+    wrong_db = role.url(password=wrong)
     base = {
         "AMQP_URL": amqp_url,
         "DATABASE_URL": db_url,
         "WORKER_NAME_PREFIX": broker.topology.prefix,
     }
+    publish = ("publish", "redeem", "--code", "X", "--wait", "--timeout", "5")
     cases: Sequence[tuple[str, dict[str, str], tuple[str, ...], str]] = [
-        ("broker closed", {"AMQP_URL": closed_amqp}, ("run",), "cannot reach RabbitMQ"),
+        ("broker unreachable", {"AMQP_URL": closed_amqp}, ("run",), "cannot reach RabbitMQ"),
         ("wrong broker password", {"AMQP_URL": wrong_amqp}, ("run",), "refused the credentials"),
-        ("database closed", {"DATABASE_URL": closed_db}, ("run",), "cannot reach PostgreSQL"),
-        ("migrate, database closed", {"DATABASE_URL": closed_db}, ("migrate",), "PostgreSQL"),
+        ("database unreachable", {"DATABASE_URL": closed_db}, ("run",), "cannot reach PostgreSQL"),
         (
-            "publish, broker closed",
-            {"AMQP_URL": closed_amqp},
-            ("publish", "redeem", "--code", "X", "--wait", "--timeout", "5"),
-            "RabbitMQ",
+            "wrong database password",
+            {"DATABASE_URL": wrong_db},
+            ("run",),
+            "refused the credentials",
         ),
+        ("migrate, database unreachable", {"DATABASE_URL": closed_db}, ("migrate",), "PostgreSQL"),
         (
-            "events, broker closed",
+            "migrate, wrong database password",
+            {"DATABASE_URL": wrong_db},
+            ("migrate",),
+            "refused the credentials",
+        ),
+        ("publish, broker unreachable", {"AMQP_URL": closed_amqp}, publish, "RabbitMQ"),
+        ("publish, wrong broker password", {"AMQP_URL": wrong_amqp}, publish, "credentials"),
+        (
+            "events, broker unreachable",
             {"AMQP_URL": closed_amqp},
             ("events", "--limit", "1"),
             "RabbitMQ",
@@ -286,15 +283,25 @@ async def test_no_password_appears_in_logs_or_error_messages(
         assert expected in output, f"{label}:\n{output[-3000:]}"
         assert "Traceback" not in output, f"{label}:\n{output[-3000:]}"
         assert_no_secret(output, hidden, label)
-    searched = [worker.output, str([m.headers for m in dead]), *(r.output for r in results)]
+    searched = [*places.values(), *(r.output for r in results)]
     print_figures(
         capsys,
         "no secrets",
         log_lines=len(worker.lines),
+        spans=spans,
         failure_cases=len(cases),
+        failures_exiting_2=sum(r.returncode == 2 for r in results),
+        failures_naming_the_service=sum(
+            expected in r.output for (_, _, _, expected), r in zip(cases, results, strict=True)
+        ),
+        wrong_password_cases=sum("wrong" in label for label, *_ in cases),
+        unreachable_cases=sum("unreachable" in label for label, *_ in cases),
+        forms_searched=len(hidden),
+        places_searched=len(places) + len(cases),
         lines_searched=sum(len(text.splitlines()) for text in searched),
-        passwords_found=sum(text.count(value) for text in searched for value in hidden),
+        passwords_found=sum(text.count(form) for text in searched for form in hidden),
         dead_lettered=len(dead),
+        pg_hba_line_added=role.hba_changed,
     )
     with capsys.disabled():
         for (label, *_), result in zip(cases, results, strict=True):
@@ -302,122 +309,6 @@ async def test_no_password_appears_in_logs_or_error_messages(
 
 
 # --- (c) amqps:// with a CA file -------------------------------------------------------------
-
-
-def make_certificates(directory: Path) -> dict[str, Path]:
-    """A CA, a server certificate it signed for 127.0.0.1, and an unrelated CA."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    files = {name: directory / f"{name}.pem" for name in ("ca", "ca_key", "other_ca", "other_key")}
-    files |= {name: directory / f"{name}.pem" for name in ("server", "server_key", "csr")}
-    openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        str(files["ca_key"]),
-        "-out",
-        str(files["ca"]),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=coupon test CA",
-    )
-    openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        str(files["other_key"]),
-        "-out",
-        str(files["other_ca"]),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=someone else's CA",
-    )
-    openssl(
-        "req",
-        *ec,
-        "-keyout",
-        str(files["server_key"]),
-        "-out",
-        str(files["csr"]),
-        "-subj",
-        "/CN=127.0.0.1",
-    )
-    extensions = directory / "san.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(files["csr"]),
-        "-CA",
-        str(files["ca"]),
-        "-CAkey",
-        str(files["ca_key"]),
-        "-CAcreateserial",
-        "-out",
-        str(files["server"]),
-        "-days",
-        "2",
-        "-extfile",
-        str(extensions),
-    )
-    return files
-
-
-class TlsProxy:
-    """A TLS listener in front of the plain AMQP port (the shared broker is not reconfigured):
-    what a TLS-terminating load balancer does."""
-
-    def __init__(self, certificate: Path, key: Path, host: str, port: int) -> None:
-        import ssl
-
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(str(certificate), str(key))
-        self.target = (host, port)
-        self.handshakes = 0
-        self.server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.handshakes += 1
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            sink.close()
 
 
 @pytest.mark.timeout(180)
@@ -436,7 +327,7 @@ async def test_amqps_with_a_ca_file(
         files["server"], files["server_key"], where.hostname or "127.0.0.1", where.port or 5672
     )
     port = await proxy.start()
-    hidden = secret_forms(rabbit_user.password)
+    hidden = secret_forms(rabbit_user.password, users=(rabbit_user.name,))
     try:
         # Through TLS, verified against the CA file: the worker works as on plain AMQP.
         events = await broker.collect_events()
@@ -499,7 +390,16 @@ async def test_amqps_with_a_ca_file(
             assert_no_secret(output, hidden, label)
     finally:
         await proxy.close()
-    print_figures(capsys, "amqps", tls_handshakes=proxy.handshakes, refusal_cases=len(cases))
+    print_figures(
+        capsys,
+        "amqps",
+        tls_handshakes=proxy.handshakes,
+        refusal_cases=len(cases),
+        refusals_exiting_2=sum(r.returncode == 2 for r in results),
+        refusals_naming_the_cause=sum(
+            expected in r.output for (_, _, expected), r in zip(cases, results, strict=True)
+        ),
+    )
     with capsys.disabled():
         for (label, *_), result in zip(cases, results, strict=True):
             print(f"  {label}: {result.output.strip().splitlines()[-1][:220]}")  # noqa: T201

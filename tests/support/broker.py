@@ -28,9 +28,11 @@ class Collected:
 
     messages: list[AbstractIncomingMessage] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    arrival_times: list[float] = field(default_factory=list)  # the loop's clock, per message
 
     def add(self, message: AbstractIncomingMessage) -> None:
         self.messages.append(message)
+        self.arrival_times.append(asyncio.get_running_loop().time())
         self.arrived.set()
 
     @property

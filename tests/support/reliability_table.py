@@ -1,13 +1,16 @@
-"""Render the Reliability table (docs/reliability.md) from one stored run of the fault suite.
+"""Render the tables of docs/reliability.md from one stored run of the fault suite.
 
-    uv run python -m tests.support.reliability_table                 # print it
-    uv run python -m tests.support.reliability_table --write docs/reliability.md  # replace it
+    uv run python -m tests.support.reliability_table                 # print them
+    uv run python -m tests.support.reliability_table --write docs/reliability.md  # replace them
 
 It reads the result file that run wrote (`RELIABILITY_RESULTS=…`, see tests/support/figures.py;
 default `tests/results/reliability.json`) and fills every measured figure from it: a figure the
-file lacks stops the rendering, so the table never shows a number no run produced. In
-docs/reliability.md the table sits between the markers `<!-- reliability:start -->` and
-`<!-- reliability:end -->`.
+file lacks stops the rendering, so a table never shows a number no run produced, and no claim
+is written that a figure does not carry. Each table says which run it is from (time, commit,
+result file, raw record) and whether the code under test changed since that commit ("stale
+since …", `benchmarks/provenance.py`). In docs/reliability.md the Reliability table sits
+between `<!-- reliability:start -->` and `<!-- reliability:end -->`, the Past-one-machine table
+between `<!-- past-one-machine:start -->` and `<!-- past-one-machine:end -->`.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from benchmarks import provenance
+
 DEFAULT_RESULTS: Final = Path("tests/results/reliability.json")
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
+CLUSTER_START, CLUSTER_END = "<!-- past-one-machine:start -->", "<!-- past-one-machine:end -->"
+TIMES: Final = "\N{MULTIPLICATION SIGN}"
 
 
 class Figures:
@@ -43,6 +50,18 @@ class Figures:
             return f"{value:,.1f}" if value >= 10 else f"{value:g}"
         return str(value)
 
+    def bound(self, label: str, name: str) -> str:
+        """`(bound N s: rule)` of a figure, from the `<name>_bound_seconds` / `_rule` the test
+        stated next to it."""
+        rule = self(label, f"{name}_bound_rule", plain=True).replace("_", " ")
+        return f"(bound {self(label, f'{name}_bound_seconds')} s: {rule})"
+
+    def count(self, label: str, key: str) -> int:
+        value = self.by_label.get(label, {}).get(key)
+        if not isinstance(value, int):
+            raise SystemExit(f"the result file has no count {key!r} for [{label}]")
+        return value
+
     def kinds(self, label: str) -> dict[str, str]:
         text = self(label, "outcome_kinds")
         pairs = (item.split(":") for item in text.split(",") if ":" in item)
@@ -58,8 +77,10 @@ def _crash(f: Figures) -> str:
     kinds = f.kinds(c)
     return (
         f"{f(c, 'commands')} commands ({f(c, 'sent')} publishes, re-sent `message_id`s "
-        f"included), {f(c, 'kills')} SIGKILLs (seed {f(c, 'seed', plain=True)}), each "
-        f"interrupting work: {f(c, 'returned_by_kills')} unacked commands "
+        f"included), {f(c, 'kills')} SIGKILLs (seed {f(c, 'seed', plain=True)}), "
+        f"{f(c, 'kills_interrupting_work')} of them interrupting work ("
+        f"{f(c, 'kills_returning_a_full_window')} returning a full prefetch window of "
+        f"{f(c, 'prefetch')}): {f(c, 'returned_by_kills')} unacked commands "
         f"returned to the queue by the kills, per kill (processed / queued / returned) "
         f"{f(c, 'processed_by_run_queued_and_returned_at_kill')}: **{f(c, 'lost')} lost, "
         f"{f(c, 'doubled')} doubled, {f(c, 'dead_lettered')} dead-lettered, "
@@ -96,14 +117,15 @@ def _broker(f: Figures) -> str:
     s, c = "broker stop_app/start_app", "broker close_all_connections"
     return (
         f"`stop_app` {f(s, 'broker_down_seconds')} s under a steady flow: resumed "
-        f"{f(s, 'resumed_seconds_after_broker_answered')} s after RabbitMQ answered, same process "
-        f"(reconnects: {f(s, 'worker_reconnects')}, starts: {f(s, 'worker_ready_logs')}), "
-        f"{f(s, 'distinct_outcomes')}/{f(s, 'commands')} outcomes, {f(s, 'duplicates')} extra "
-        f"copies, **{f(s, 'lost')} lost, {f(s, 'doubled')} doubled, {f(s, 'dead_lettered')} "
-        f"dead-lettered, {f(s, 'wrong_outcomes')} wrong (no `Exhausted`)**; "
+        f"{f(s, 'resumed_seconds_after_broker_answered')} s after RabbitMQ answered "
+        f"{f.bound(s, 'resume')}, worker starts: {f(s, 'worker_ready_logs')} (reconnects: "
+        f"{f(s, 'worker_reconnects')}), {f(s, 'distinct_outcomes')}/{f(s, 'commands')} outcomes, "
+        f"{f(s, 'duplicates')} extra copies, **{f(s, 'lost')} lost, {f(s, 'doubled')} doubled, "
+        f"{f(s, 'dead_lettered')} dead-lettered, {f(s, 'wrong_outcomes')} wrong "
+        f"(`Exhausted`: {f.kinds(s).get('Exhausted', '0')})**; "
         f"`close_all_connections`: resumed {f(c, 'resumed_seconds_after_broker_answered')} s "
-        f"after, {f(c, 'distinct_outcomes')}/{f(c, 'commands')} outcomes, **{f(c, 'lost')} lost, "
-        f"{f(c, 'doubled')} doubled, {f(c, 'wrong_outcomes')} wrong**"
+        f"after {f.bound(c, 'resume')}, {f(c, 'distinct_outcomes')}/{f(c, 'commands')} outcomes, "
+        f"**{f(c, 'lost')} lost, {f(c, 'doubled')} doubled, {f(c, 'wrong_outcomes')} wrong**"
     )
 
 
@@ -111,14 +133,16 @@ def _database(f: Figures) -> str:
     d = "database outage"
     return (
         f"PostgreSQL stopped {f(d, 'outage_seconds')} s, {f(d, 'commands_sent_during_outage')} "
-        f"commands sent meanwhile (none answered before it returned), queue delivery limit "
-        f"{f(d, 'delivery_limit')}: **{f(d, 'dead_lettered')} dead-lettered, {f(d, 'lost')} lost, "
-        f"{f(d, 'doubled')} doubled, {f(d, 'wrong_outcomes')} wrong (no `Exhausted`)**, "
-        f"{f(d, 'distinct_outcomes')}/{f(d, 'commands')} outcomes; all processed "
-        f"{f(d, 'processed_seconds_after_postgres_answered')} s after PostgreSQL answered; "
-        f"outage logged {f(d, 'outage_logged')}, recovery {f(d, 'recovery_logged')} "
-        f"({f(d, 'retries_in_outage')} retries, no requeues); worker starts: "
-        f"{f(d, 'worker_ready_logs')}"
+        f"commands sent meanwhile ({f(d, 'answered_during_outage')} answered before it "
+        f"returned), queue delivery limit {f(d, 'delivery_limit')}: **"
+        f"{f(d, 'dead_lettered')} dead-lettered, {f(d, 'lost')} lost, {f(d, 'doubled')} doubled, "
+        f"{f(d, 'wrong_outcomes')} wrong (`Exhausted`: {f.kinds(d).get('Exhausted', '0')})**, "
+        f"{f(d, 'distinct_outcomes')}/{f(d, 'commands')} outcomes; first outcome "
+        f"{f(d, 'first_outcome_seconds_after_postgres_answered')} s after PostgreSQL answered "
+        f"{f.bound(d, 'resume')}, all processed {f(d, 'processed_seconds_after_postgres_answered')}"
+        f" s after (asserted ≤ {f(d, 'catch_up_bound_seconds')} s); outage logged "
+        f"{f(d, 'outage_logged')}, recovery {f(d, 'recovery_logged')} "
+        f"({f(d, 'retries_in_outage')} retries); worker starts: {f(d, 'worker_ready_logs')}"
     )
 
 
@@ -126,30 +150,30 @@ def _poison(f: Figures) -> str:
     r, c = "poison: always raises", "poison: always crashes"
     return (
         f"delivery limit {f(c, 'delivery_limit')}. Always raising: dead-lettered with `x-error` "
-        f"`{f(r, 'poison_reason')}`, worker up throughout (starts: {f(r, 'worker_ready_logs')}), "
-        f"{f(r, 'answered_behind_poison')}/{f(r, 'sent_behind_poison')} commands sent behind it "
-        f"answered once. Always crashing: {f(c, 'crashes')} crashes, then dead-lettered by "
-        f"RabbitMQ (`x-death` reason `{f(c, 'poison_reason')}`), "
-        f"{f(c, 'answered_behind_poison')}/{f(c, 'sent_behind_poison')} sent behind it answered "
-        f"once, **{f(c, 'lost')} lost, {f(c, 'doubled')} doubled, {f(c, 'wrong_outcomes')} "
-        "wrong**"
+        f"`{f(r, 'poison_reason')}`, worker starts: {f(r, 'worker_ready_logs')}, running at the "
+        f"end: {f(r, 'worker_running_at_end')}; {f(r, 'answered_behind_poison')}/"
+        f"{f(r, 'sent_behind_poison')} commands sent behind it answered, **{f(r, 'lost')} lost, "
+        f"{f(r, 'doubled')} doubled, {f(r, 'wrong_outcomes')} wrong**. Always crashing: "
+        f"{f(c, 'crashes')} crashes, then dead-lettered by RabbitMQ (`x-death` reason "
+        f"`{f(c, 'poison_reason')}`), {f(c, 'answered_behind_poison')}/"
+        f"{f(c, 'sent_behind_poison')} sent behind it answered, **{f(c, 'lost')} lost, "
+        f"{f(c, 'doubled')} doubled, {f(c, 'wrong_outcomes')} wrong**"
     )
 
 
 def _stop(f: Figures) -> str:
     s, g = "graceful stop (in flight finished)", "graceful stop (grace elapsed)"
     return (
-        f"SIGTERM with {f(s, 'held_at_sigterm')} in flight (the prefetch of 100 plus the careful "
-        f"start's one; redeems held on a row lock): all {f(s, 'answered_by_stopping_worker')} "
-        f"answered, exit {f(s, 'exit_code')} in {f(s, 'exit_seconds')} s (grace "
-        f"{f(s, 'grace_period')} s), {f(s, 'queued_at_sigterm')} queued before and "
-        f"{f(s, 'left_queued')} after (nothing new taken), {f(s, 'duplicates')} delivered twice, "
-        f"**{f(s, 'dead_lettered')} dead-lettered, {f(s, 'lost')} lost**. With the lock held past "
-        f"a {f(g, 'grace_period')} s grace: exit {f(g, 'exit_code')} in {f(g, 'exit_seconds')} s, "
-        f"{f(g, 'returned')} of {f(g, 'held_at_sigterm')} returned "
-        f"({f(g, 'back_in_queue')} back in the queue), {f(g, 'dead_lettered')} dead-lettered; "
-        "after restart "
-        f"{f(g, 'distinct_outcomes')}/{f(g, 'commands')} outcomes, {f(g, 'doubled')} doubled"
+        f"SIGTERM with {f(s, 'held_at_sigterm')} in flight: "
+        f"{f(s, 'answered_by_stopping_worker')} answered by the stopping worker, exit "
+        f"{f(s, 'exit_code')} in {f(s, 'exit_seconds')} s (grace {f(s, 'grace_period')} s), "
+        f"{f(s, 'queued_at_sigterm')} queued before and {f(s, 'left_queued')} after, "
+        f"{f(s, 'duplicates')} delivered twice, **{f(s, 'dead_lettered')} dead-lettered, "
+        f"{f(s, 'lost')} lost**. With the lock held past a {f(g, 'grace_period')} s grace: exit "
+        f"{f(g, 'exit_code')} in {f(g, 'exit_seconds')} s, {f(g, 'returned')} of "
+        f"{f(g, 'held_at_sigterm')} returned ({f(g, 'back_in_queue')} back in the queue), "
+        f"{f(g, 'dead_lettered')} dead-lettered; after restart {f(g, 'distinct_outcomes')}/"
+        f"{f(g, 'commands')} outcomes, {f(g, 'doubled')} doubled"
     )
 
 
@@ -158,11 +182,11 @@ def _many(f: Figures) -> str:
     kinds = f.kinds(m)
     return (
         f"{f(m, 'workers')} workers consuming (processed {f(m, 'processed_by')}), "
-        f"{f(m, 'commands')} commands ({f(m, 'sent')} publishes, duplicates included): **exactly "
-        f"{kinds.get('redeemed', '0')} `coupon.redeemed`, {kinds.get('Exhausted', '0')} "
+        f"{f(m, 'commands')} commands ({f(m, 'sent')} publishes, duplicates included): "
+        f"**{kinds.get('redeemed', '0')} `coupon.redeemed`, {kinds.get('Exhausted', '0')} "
         f"`Exhausted`**, `remaining_count` {f(m, 'remaining')}, {f(m, 'lost')} lost, "
-        f"{f(m, 'doubled')} doubled, {f(m, 'wrong_outcomes')} wrong; duplicates answered with "
-        "the same event ids"
+        f"{f(m, 'doubled')} doubled (two event ids for one command), {f(m, 'wrong_outcomes')} "
+        f"wrong; {f(m, 'duplicates')} extra copies of outcomes"
     )
 
 
@@ -172,26 +196,41 @@ def _bad(f: Figures) -> str:
         f"{f(b, 'corpus')} table entries + {f(b, 'generated')} generated bodies (their expected "
         f"`x-error` from an independent reading of the contract, tests/support/contract_rules.py)"
         f" interleaved with {f(b, 'valid_interleaved')} valid commands: "
-        f"{f(b, 'dead_lettered_in_all')} dead-lettered exactly once ({f(b, 'x_errors')}), "
+        f"{f(b, 'dead_lettered_in_all')} dead-lettered ({f(b, 'x_errors')}), "
         f"worker running at the end: {f(b, 'worker_running_at_end')} (starts: "
-        f"{f(b, 'worker_started')}, error log lines: {f(b, 'error_log_lines')}), every coupon "
-        f"row from a valid create, all {f(b, 'distinct_outcomes')} valid commands answered, "
-        f"{f(b, 'wrong_outcomes')} wrong"
+        f"{f(b, 'worker_started')}, error log lines: {f(b, 'error_log_lines')}), coupon rows "
+        f"{f(b, 'coupons')} (`coupon.created` outcomes: {f.kinds(b).get('created', '0')}), "
+        f"{f(b, 'distinct_outcomes')} outcomes, **{f(b, 'lost')} lost, {f(b, 'doubled')} "
+        f"doubled, {f(b, 'wrong_outcomes')} wrong**"
     )
 
 
 def _security(f: Figures) -> str:
     lp, ns, tls, sql = "least privilege", "no secrets", "amqps", "sql injection"
+    hba = f(ns, "pg_hba_line_added", plain=True) == "True"
     return (
-        f"least-privilege user: processes, dead-letters and replies (exit "
-        f"{f(lp, 'stop_exit')}); missing topology → exit {f(lp, 'missing_topology_exit')} naming "
-        f"what is missing; {f(ns, 'failure_cases')} failure cases + a DEBUG run "
-        f"({f(ns, 'log_lines')} log lines), {f(ns, 'lines_searched')} lines searched: "
-        f"**{f(ns, 'passwords_found')} passwords**; `amqps://` through a TLS proxy with a test "
-        f"CA: TLS handshakes {f(tls, 'tls_handshakes')}, "
-        f"{f(tls, 'refusal_cases')} refusal cases with clear messages; injection strings rejected "
-        f"by the code rules, stored literally through the repositories (tables intact: "
-        f"{f(sql, 'tables_intact')})"
+        f"least-privilege user: {f(lp, 'events')} events, {f(lp, 'replies')} reply, "
+        f"{f(lp, 'dead_lettered')} dead letter (exit {f(lp, 'stop_exit')}); missing topology → "
+        f"exit {f(lp, 'missing_topology_exit')}, declaring without permission → exit "
+        f"{f(lp, 'declare_without_permission_exit')}; a PostgreSQL role and a RabbitMQ user with "
+        f"passwords, a wrong one refused by both"
+        + (
+            " (PostgreSQL's loopback trust overridden for the role by a pg_hba.conf line)"
+            if hba
+            else ""
+        )
+        + f": {f(ns, 'failure_cases')} failure cases ({f(ns, 'wrong_password_cases')} wrong "
+        f"password, {f(ns, 'unreachable_cases')} unreachable; {f(ns, 'failures_exiting_2')} "
+        f"exit 2, {f(ns, 'failures_naming_the_service')} naming the service) + a DEBUG run "
+        f"({f(ns, 'log_lines')} log lines, {f(ns, 'spans')} trace spans, `/readyz`, `/metrics`, "
+        f"{f(ns, 'dead_lettered')} dead letters' headers): {f(ns, 'forms_searched')} forms of "
+        f"the passwords (raw, URL-encoded, base64, `repr`, every 6-character run) in "
+        f"{f(ns, 'lines_searched')} lines of {f(ns, 'places_searched')} outputs: "
+        f"**{f(ns, 'passwords_found')} found**; `amqps://` through a TLS proxy with a test CA: "
+        f"TLS handshakes {f(tls, 'tls_handshakes')}, {f(tls, 'refusal_cases')} refusal cases "
+        f"({f(tls, 'refusals_exiting_2')} exit 2, {f(tls, 'refusals_naming_the_cause')} naming "
+        f"the cause); injection strings stored literally ({f(sql, 'hostile_rows')} row of the "
+        f"hostile `message_id`), tables intact: {f(sql, 'tables_intact')}"
     )
 
 
@@ -199,11 +238,14 @@ def _silent(f: Figures) -> str:
     def one(label: str, peer: str) -> str:
         return (
             f"{peer}: dark {f(label, 'partition_seconds')} s, detected "
-            f"{f(label, 'detected_seconds_after_silence')} s after it went silent; "
+            f"{f(label, 'detected_seconds_after_silence')} s after it went silent "
+            f"{f.bound(label, 'detection')}; "
             f"{f(label, 'commands_without_outcome_at_network_back')} commands waiting when the "
             f"network came back, first outcome "
-            f"{f(label, 'first_outcome_seconds_after_network_back')} s and all "
+            f"{f(label, 'first_outcome_seconds_after_network_back')} s after "
+            f"{f.bound(label, 'resume')}, all "
             f"{f(label, 'all_outcomes_in_seconds_after_network_back')} s after; "
+            f"worker starts {f(label, 'worker_starts')}; "
             f"{f(label, 'distinct_outcomes')}/{f(label, 'commands')} outcomes, **{f(label, 'lost')}"
             f" lost, {f(label, 'doubled')} doubled**"
         )
@@ -275,13 +317,17 @@ def _closed(f: Figures) -> str:
     return f"{one('consume', 'consuming')}; {one('publish', 'publishing')}"
 
 
-ROWS: list[tuple[str, str, Callable[[Figures], str], str]] = [
+Text = Callable[[Figures], str]
+ROWS: list[tuple[str, str | Text, Text, str]] = [
     (
         "Crash anywhere",
-        "≥ 5,000 mixed commands (creates, redeems of shared coupons, duplicate `message_id`s); "
-        "the worker SIGKILLed 6 times at random points of the stream's progress, while work is "
-        "queued (frozen first, so that the broker can count what each kill interrupts) and "
-        "restarted, each next kill possibly in its careful start",
+        lambda f: (
+            "≥ 5,000 mixed commands (creates, redeems of shared coupons, duplicate "
+            f"`message_id`s); the worker SIGKILLed {f('crash anywhere', 'kills')} times at "
+            "random points of the stream's progress, while work is queued (frozen first, so that "
+            "the broker can count what each kill interrupts) and restarted, each next kill "
+            "possibly in its careful start"
+        ),
         _crash,
         "tests/faults/test_crash.py",
     ),
@@ -313,13 +359,16 @@ ROWS: list[tuple[str, str, Callable[[Figures], str], str]] = [
     ),
     (
         "Graceful stop",
-        "SIGTERM with a full prefetch window in flight",
+        "SIGTERM with a full prefetch window in flight (redeems held on a row lock)",
         _stop,
         "tests/faults/test_graceful_stop.py",
     ),
     (
         "Many workers, no oversell",
-        "4 worker processes; a coupon with 100 left; 1,000 distinct redeems plus duplicates",
+        lambda f: (
+            f"{f('many workers', 'workers')} worker processes; a coupon with 100 left; "
+            "1,000 distinct redeems plus duplicates"
+        ),
         _many,
         "tests/faults/test_many_workers.py",
     ),
@@ -332,16 +381,19 @@ ROWS: list[tuple[str, str, Callable[[Figures], str], str]] = [
     ),
     (
         "Security",
-        "least-privilege RabbitMQ user with `WORKER_DECLARE_TOPOLOGY=false`; known passwords "
-        "searched for in every log line and error; `amqps://` with a CA file; SQL-injection "
-        "strings as codes",
+        "least-privilege RabbitMQ user with `WORKER_DECLARE_TOPOLOGY=false`; a RabbitMQ user and "
+        "a PostgreSQL role with passwords made for the test, the passwords searched for in every "
+        "output; `amqps://` with a CA file; SQL-injection strings as codes and `message_id`s",
         _security,
         "tests/faults/test_security.py",
     ),
     (
         "Silent peers",
-        "a TCP proxy between the worker and RabbitMQ, then PostgreSQL, that goes dark (no FIN, "
-        "no RST: a half-open connection) for 20 s with commands arriving",
+        lambda f: (
+            "a TCP proxy between the worker and RabbitMQ, then PostgreSQL, that goes dark "
+            "(no FIN, no RST: a half-open connection) for "
+            f"{f('silent broker', 'partition_seconds')} s with commands arriving"
+        ),
         _silent,
         "tests/faults/test_silent_peers.py",
     ),
@@ -372,26 +424,145 @@ ROWS: list[tuple[str, str, Callable[[Figures], str], str]] = [
 ]
 
 
-def render(document: dict[str, Any], source: str) -> str:
-    f = Figures(document)
-    run = f.run
+def run_line(document: dict[str, Any], source: str) -> str:
+    """Which run the figures are from, its raw record, and whether they are still fresh."""
+    run = document["run"]
     machine = run["machine"]
     failed = run["failed"]
-    lines = [
-        f"Figures from one run of the fault suite, stored in `{source}`: started "
-        f"{run['started_at']}, {run['seconds']:.0f} s, commit `{run['commit']}`"
-        + (" (with uncommitted changes)" if run["uncommitted_changes"] else "")
-        + f", {run['tests']} tests, "
+    fresh = provenance.freshness(
+        run["commit"],
+        provenance.RELIABILITY_CODE,
+        dirty_run=bool(run.get("uncommitted_code_under_test", run["uncommitted_changes"])),
+    )
+    raw = Path(source).parent / run.get("raw_record", "(no raw record)")
+    return (
+        f"Figures from one run of the fault suite, stored in `{source}` (raw record: `{raw}`): "
+        f"started {run['started_at']}, {run['seconds']:.0f} s, commit `{run['commit']}`, "
+        f"{run['tests']} tests, "
         + (f"**{len(failed)} failed**" if failed else "all passed")
         + f"; {machine['cpus']} CPUs, load average {machine['load_average_at_start']} at the "
-        f"start and {machine['load_average_at_end']} at the end (the machine is shared).",
+        f"start and {machine['load_average_at_end']} at the end (the machine is shared). "
+        f"{fresh.describe()}."
+    )
+
+
+def render(document: dict[str, Any], source: str) -> str:
+    """The Reliability table, with its run line."""
+    f = Figures(document)
+    lines = [
+        run_line(document, source),
         "",
         "| fault | what was injected | measured figures | test file |",
         "| --- | --- | --- | --- |",
     ]
     for number, (fault, injected, measured, test_file) in enumerate(ROWS, start=1):
-        lines.append(_row(number, fault, injected, measured(f), test_file))
+        described = injected if isinstance(injected, str) else injected(f)
+        lines.append(_row(number, fault, described, measured(f), test_file))
     return "\n".join(lines)
+
+
+def render_cluster(document: dict[str, Any], source: str) -> str:
+    """The Past-one-machine table (tests/faults/test_cluster.py), from the same stored run."""
+    f = Figures(document)
+    node, leader = "cluster: worker's node stopped", "cluster: quorum queue leader stopped"
+    sync = "database failover (synchronous standby)"
+    async_ = "database failover (asynchronous standby)"
+
+    def tally(label: str) -> str:
+        return (
+            f"{f(label, 'commands')} commands, **{f(label, 'lost')} lost, {f(label, 'doubled')} "
+            f"doubled, {f(label, 'dead_lettered')} dead-lettered, {f(label, 'wrong_outcomes')} "
+            "wrong outcomes**"
+        )
+
+    def broker(label: str, placed: str) -> str:
+        return (
+            f"{placed}; worker reconnects {f(label, 'worker_reconnects')}, starts "
+            f"{f(label, 'worker_starts')}; resumed "
+            f"**{f(label, 'resumed_seconds_after_node_stopped')} s** after the stop began "
+            f"{f.bound(label, 'resume')}; {tally(label)}"
+        )
+
+    def database(label: str) -> str:
+        return (
+            f"**{f(label, 'outcomes_acked_in_window')} outcomes acknowledged in the "
+            f"{f(label, 'lag_window_seconds')} s window** "
+            f"({f(label, 'outcomes_acked_until_primary_stopped')} until the primary stopped, "
+            f"promoted {f(label, 'primary_stop_to_promoted_seconds')} s after it stopped); on the "
+            f"new primary **{f(label, 'acked_effects_lost')} acknowledged commands have no "
+            f"effect**; resumed {f(label, 'resumed_seconds_after_promotion')} s after the "
+            f"promotion {f.bound(label, 'resume')}; worker starts {f(label, 'worker_starts')}; "
+            f"{tally(label)}"
+        )
+
+    rows = [
+        (
+            "The RabbitMQ node the worker is connected to stops",
+            "the connection drops; the worker reconnects to the next node of `AMQP_URL` and "
+            "consumes again; its unacknowledged deliveries come back (to it or another replica), "
+            "are handled one at a time (the worker's guard against poison messages) and answered "
+            "from the stored outcomes",
+            broker(
+                node,
+                f"worker on {f(node, 'worker_node_before')} (leader "
+                f"{f(node, 'leader_before')}), {f(node, 'stopped_node')} stopped: moved to "
+                f"{f(node, 'worker_node_after')}",
+            ),
+        ),
+        (
+            "The node leading the quorum queue stops",
+            "the two others elect a new leader; the worker, connected elsewhere, keeps its "
+            "connection and consumer",
+            broker(
+                leader,
+                f"leader {f(leader, 'leader_before')} stopped, worker on "
+                f"{f(leader, 'worker_node_before')}: leadership moved to "
+                f"{f(leader, 'leader_after')}, worker on {f(leader, 'worker_node_after')}",
+            ),
+        ),
+        (
+            "PostgreSQL primary lost, **synchronous** standby promoted",
+            "the standby is cut off (a partition), then 5432 is stopped and the standby promoted "
+            "(a failover manager's detection); commits wait while the standby is away; the "
+            "worker holds its commands through the outage (`database_unavailable`) and carries "
+            "on with the new primary",
+            database(sync),
+        ),
+        (
+            "PostgreSQL primary lost, **asynchronous** standby promoted",
+            "the same fault; commits go on without the standby; on failover what it had not "
+            "received is gone, though the worker had acknowledged the commands and published "
+            "their outcomes",
+            database(async_) + " (the doubled effects and wrong outcomes are counter values "
+            "handed out again)",
+        ),
+    ]
+    lines = [
+        run_line(document, source),
+        "",
+        "| failure | what happens | measured |",
+        "| --- | --- | --- |",
+        *(f"| {failure} | {what} | {measured} |" for failure, what, measured in rows),
+    ]
+    return "\n".join(lines)
+
+
+BLOCKS: Final = ((START, END, render), (CLUSTER_START, CLUSTER_END, render_cluster))
+
+
+def replace_blocks(text: str, document: dict[str, Any], source: str) -> str:
+    """`text` with every table whose markers it holds rendered anew (at least one)."""
+    found = False
+    for start, end, renderer in BLOCKS:
+        if start not in text or end not in text:
+            continue
+        found = True
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = f"{before}{start}\n{renderer(document, source)}\n{end}{after}"
+    if not found:
+        raise SystemExit(f"no {START} … {END} or {CLUSTER_START} … {CLUSTER_END} markers")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,16 +572,13 @@ def main(argv: list[str] | None = None) -> int:
         "--write", type=Path, help="replace the table in this file (docs/reliability.md)"
     )
     options = parser.parse_args(argv)
-    table = render(json.loads(options.results.read_text()), str(options.results))
+    document = json.loads(options.results.read_text())
+    source = str(options.results)
     if options.write is None:
-        print(table)  # noqa: T201
+        print(render(document, source))  # noqa: T201
+        print(f"\n{render_cluster(document, source)}")  # noqa: T201
         return 0
-    text = options.write.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{options.write} has no {START} … {END} markers")
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    options.write.write_text(f"{before}{START}\n{table}\n{END}{after}")
+    options.write.write_text(replace_blocks(options.write.read_text(), document, source))
     return 0
 
 
