@@ -16,6 +16,9 @@ carry `--prefix` (else `COUPON_NAME_PREFIX`). `coupon-worker record` / `replay` 
 commands on the worker's own settings (its node list, TLS and `WORKER_NAME_PREFIX`).
 Exit status: 0 done; 1 the broker did not take some replayed messages; 2 bad arguments, bad
 lines, or a broker that cannot be used.
+
+Over 250 lines for a reason: three commands, each with its parser (most of it help text) and
+its run; the work itself is `contracts.recording`'s and `contracts.replay`'s.
 """
 
 from __future__ import annotations

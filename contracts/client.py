@@ -17,6 +17,9 @@ on the channel that publishes, and one future per request keyed by its `correlat
 queue is declared per call and any number of requests can be in flight on one client. Direct
 reply-to has no acks and no buffer: a reply that arrives while the connection is down is lost,
 and its request ends in `RequestTimeout`; re-sending with the same `message_id` is then safe.
+
+Over 250 lines for a reason: one class, the Protocol's verbs over aio-pika; its conversions are
+`contracts.amqp`'s and what its verbs share with the fake is `contracts.requests`'.
 """
 
 from __future__ import annotations

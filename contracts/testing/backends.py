@@ -7,6 +7,9 @@
 - `dead_letters()`: the dead-lettered commands so far (taken from the dead-letter queue);
 - `take_queue(name)`: every message now in a queue, taken (a subscriber's `<queue>.dead`);
 - `events()`: a started `EventCollector` of everything on `coupon.events`.
+
+Over 250 lines for a reason: the two backends behind one surface, side by side, so that a
+difference between them shows at once.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ Subscriptions acknowledge as the real ones do: an event whose loop body raised g
 front of its queue, marked redelivered; a named queue parks an event returned more than
 `delivery_limit` times in `<queue>.dead`, with `x-death` and `x-first-death-reason` headers as
 RabbitMQ's quorum queues write them.
+
+Over 250 lines for a reason: the fake broker and the fake client are one model of what a client
+sees of RabbitMQ (routing, queues, confirms, delivery limits, dead letters); split, each half
+would reach into the other's queues.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ costs the same few statements whether it holds 1 or 500 commands.
 Lock order: coupons are selected `FOR UPDATE` ordered by code, and new rows are inserted in key
 order (unique-index entries too are taken in one global order), so concurrent batches that share
 coupons queue behind each other and never deadlock.
+
+Over 250 lines for a reason: the named statements are most of it, each with what it guarantees,
+kept beside the two repositories that run them so that a statement and its one caller read
+together.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ outcomes on `coupon.events`, replies to a command's `reply_to`, and dead letters
 `reply_to`, `type`, `content_type`) are listed as message headers, beside the real AMQP headers
 (`causation_id`, `x-error`, `x-error-detail`). `python -m contracts.asyncapi` or
 `coupon-worker asyncapi` prints it; `docs/asyncapi.json` is the committed copy.
+
+Over 250 lines for a reason: most of it is the document's own text (channels, operations,
+message descriptions), one function per part, generated from the models.
 """
 
 from __future__ import annotations
