@@ -19,6 +19,10 @@ Each kill must interrupt work, or it proves nothing:
   queue's delivery limit counts returns, and must not park an event), frozen again with the
   relay (so the queue holds still), and killed: the broker returns what it held unacknowledged,
   and the queue's depth grows by exactly that many.
+The checkout writes at a fixed pace, so it is frozen while a kill is carried out and its victim
+replaced: on a slow machine the kills would otherwise outlast the orders, and a tally frozen
+after the last one waits for events that never come (what failed the reliability run of
+0c16fc6).
 
 Then, from the databases and the broker: every committed order has exactly one outcome (the
 ledger, tests/support/ledger.py, judges the worker's database and the events against the orders
@@ -36,7 +40,8 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,27 +192,28 @@ async def test_killed_relays_and_consumers_lose_and_double_nothing(
                 relay.signal(signal.SIGCONT)
                 await wait_until("the relay publishing", _more, ledger, before, every=0.002)
                 relay.signal(signal.SIGKILL)
-                assert await relay.wait_exit(within=30) == -signal.SIGKILL
-                relay_kills.append(f"{backlog}/{await count(checkout, unsent)}")
-                relay = start_relay(kill + 1)
+                with frozen(writer):
+                    assert await relay.wait_exit(within=30) == -signal.SIGKILL
+                    relay_kills.append(f"{backlog}/{await count(checkout, unsent)}")
+                    relay = start_relay(kill + 1)
             else:
                 tally.signal(signal.SIGSTOP)
                 await wait_until("events waiting", _depth_at_least, broker, tally_queue, 40)
-                counted = await count(checkout, tallied)
-                tally.signal(signal.SIGCONT)
-                await wait_until("counting", _at_least, checkout, tallied, counted + PAST_PREFETCH)
-                tally.signal(signal.SIGSTOP)
-                relay.signal(signal.SIGSTOP)  # no more events: the queue's depth holds still
-                try:
-                    queued = await steady_depth(broker, tally_queue)
-                    tally.signal(signal.SIGKILL)
-                    assert await tally.wait_exit(within=30) == -signal.SIGKILL
-                    returned = await depth_once_returned(broker, tally_queue) - queued
-                finally:
-                    relay.signal(signal.SIGCONT)
-                returned_by_tally_kills += returned
-                tally_kills.append(f"{counted}/{queued}/{returned}")
-                tally = await start_tally(kill + 1)
+                with frozen(writer):
+                    counted = await count(checkout, tallied)
+                    tally.signal(signal.SIGCONT)
+                    await wait_until(
+                        "counting", _at_least, checkout, tallied, counted + PAST_PREFETCH
+                    )
+                    tally.signal(signal.SIGSTOP)
+                    with frozen(relay):  # no more events: the queue's depth holds still
+                        queued = await steady_depth(broker, tally_queue)
+                        tally.signal(signal.SIGKILL)
+                        assert await tally.wait_exit(within=30) == -signal.SIGKILL
+                        returned = await depth_once_returned(broker, tally_queue) - queued
+                    returned_by_tally_kills += returned
+                    tally_kills.append(f"{counted}/{queued}/{returned}")
+                    tally = await start_tally(kill + 1)
         last_kill = time.monotonic()
         assert await writer.wait_exit(within=180) == 0, writer.output[-2000:]
 
@@ -301,6 +307,22 @@ async def test_killed_relays_and_consumers_lose_and_double_nothing(
         await checkout.dispose()
         for queue in (tally_queue, f"{tally_queue}.dead"):
             await broker.ch.queue_delete(queue)
+
+
+@contextmanager
+def frozen(process: WorkerProcess) -> Iterator[None]:
+    """Hold `process` still (SIGSTOP) for the block, and let it go on after, whatever happens.
+
+    The checkout writes its orders at a fixed pace; it is frozen while a kill is carried out and
+    its process replaced, so that the kills, however slow the machine, all fall while orders are
+    still being written (a tally frozen after the last order would wait for events that never
+    come).
+    """
+    process.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        process.signal(signal.SIGCONT)
 
 
 async def _at_least(engine: AsyncEngine, query: str, least: int) -> bool:
