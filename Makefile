@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 UV := scripts/uv
 PYTEST_ARGS ?=
 
-.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link reliability
+.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link bench-replicas reliability
 setup:
 	$(UV) sync --frozen --all-extras
 
@@ -74,6 +74,15 @@ bench-soak: setup services
 SLOW_LINK_ARGS ?=
 bench-slow-link: setup services
 	$(UV) run python -m benchmarks.slow_link $(SLOW_LINK_ARGS)
+
+# Two worker processes on one queue against one (docs/performance.md, "Replicas"): the bench
+# workloads interleaved 1, 2, 1, 2, ..., lock waits and deadlocks read from PostgreSQL, a hot
+# coupon shared by both; REPLICAS_ARGS="--quick"; stored as benchmarks/results/replicas-<time>.json,
+# then its section of docs/performance.md rendered from it.
+REPLICAS_ARGS ?=
+bench-replicas: setup services
+	$(UV) run python -m benchmarks.replicas $(REPLICAS_ARGS)
+	$(UV) run python -m benchmarks.replicas_table --write docs/performance.md
 
 # The Performance tables (docs/performance.md) from a result file (BENCH_RESULT, default latest.json;
 # BENCH_BEFORE, a result file of the previous worker, adds its column).

@@ -3,6 +3,7 @@ the database holds, never from the worker's word. A failed check fails the bench
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 from benchmarks.database import DatabaseState
 from benchmarks.observer import Arrival
 from benchmarks.workloads import Plan
+from contracts import names
 
 SHOWN = 5  # examples per problem in a failure message
 
@@ -56,15 +58,23 @@ def check_outcomes(plan: Plan, arrivals: Sequence[Arrival], verdict: Verdict) ->
         for command, ids in outcome_ids.items()
         if len(ids) > 1 and plan.expected.get(command) != "coupon.invalid"
     ]
+    exhausted = _exhausted(plan, arrivals)
     wrong = [
         (command, sorted(types[command]), expected)
         for command, expected in plan.expected.items()
-        if command in types and types[command] != {expected}
+        if command in types and types[command] != {expected} and command not in exhausted
     ]
     verdict.figures.update(
         commands=len(plan), outcomes=len(arrivals), lost=len(lost), doubled=len(doubled)
     )
     verdict.figures["copies"] = copies
+    if plan.shortfall:
+        verdict.figures["exhausted"] = len(exhausted)
+        if len(exhausted) != plan.shortfall:
+            verdict.fail(
+                f"{len(exhausted)} redeems Exhausted, where the coupon held exactly "
+                f"{plan.shortfall} fewer than were sent (an oversell, or a lost redeem)"
+            )
     verdict.report(unknown, "outcomes for commands never sent")
     verdict.report(lost, "commands LOST (no outcome)")
     verdict.report(doubled, "commands DOUBLED (several distinct outcomes)")
@@ -73,14 +83,26 @@ def check_outcomes(plan: Plan, arrivals: Sequence[Arrival], verdict: Verdict) ->
         verdict.fail(f"{copies} outcomes published more than once")
 
 
+def _exhausted(plan: Plan, arrivals: Sequence[Arrival]) -> set[str]:
+    """The redeems that may run out (`Plan.may_run_out`) and were answered Exhausted."""
+    return {
+        arrival.command_id
+        for arrival in arrivals
+        if arrival.command_id in plan.may_run_out
+        and arrival.outcome_type == names.ERROR
+        and json.loads(arrival.body).get("error") == "Exhausted"
+    }
+
+
 def check_database(plan: Plan, state: DatabaseState, verdict: Verdict) -> None:
-    """Counters moved by exactly the redeems sent, every create stored once, invalid commands
-    changed nothing, and one processed_command row per write."""
+    """Counters moved by exactly the redeems sent (to zero where more were sent than a coupon
+    held), every create stored once, invalid commands changed nothing, and one
+    processed_command row per write (an Exhausted redeem's too)."""
     coupons = state.coupons
     drift = []
     for code, init in plan.preseed.items():
         row = coupons.get(code)
-        expected = init - plan.redeems[code]
+        expected = init - min(plan.redeems[code], init)  # never below zero: no oversell
         if row is None or row.init_count != init or row.remaining_count != expected:
             drift.append((code, row, f"expected remaining {expected}"))
     for code, init in plan.created.items():
@@ -97,6 +119,10 @@ def check_database(plan: Plan, state: DatabaseState, verdict: Verdict) -> None:
         for code in plan.preseed
         if code in coupons
     )
+    if plan.shortfall:  # what the coupons that ran out still hold: 0, never below
+        verdict.figures["remaining"] = sum(
+            coupons[code].remaining_count for code in plan.preseed if code in coupons
+        )
     verdict.figures.update(
         coupon_rows=len(coupons),
         redeemed_in_database=redeemed,

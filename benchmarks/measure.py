@@ -1,13 +1,16 @@
-"""One measured run: a fresh stage, a plan, the target process (worker or ceiling), every
-outcome observed, the process stopped, and the exactly-once checks. A check that fails raises
-`BenchmarkFailed` with the verdict, after the stage is cleaned up."""
+"""One measured run: a fresh stage, a plan, the target process (worker or ceiling; or several
+worker processes, replicas on one queue), every outcome observed, the processes stopped, and the
+exactly-once checks. A check that fails raises `BenchmarkFailed` with the verdict, after the
+stage is cleaned up. A phase may watch the run (`Watch`: benchmarks/locks.py samples
+PostgreSQL's lock waits) from before the processes start until after they stopped."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,16 @@ from benchmarks import checks, database, timing
 from benchmarks.config import BenchConfig, CeilingConfiguration
 from benchmarks.database import BenchmarkFailed
 from benchmarks.observer import Observer
-from benchmarks.processes import TargetProcess
+from benchmarks.processes import TargetProcess, Window, running
 from benchmarks.progress import Phase, Progress
 from benchmarks.stage import Stage
 from benchmarks.workloads import Plan, build_plan
 
 QUIET_AFTER = 0.5  # seconds to wait after the last outcome, so that a late copy is seen
+
+# Watches a run's stage from before its processes start until after they stopped (the Window
+# says when they were measured); the dict it yields is filled by its exit.
+Watch = Callable[[Stage, Window], AbstractAsyncContextManager[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,28 +46,46 @@ async def measure(
     size: int,
     rate: float | None = None,
     ceiling: CeilingConfiguration | None = None,
+    *,
+    replicas: int = 1,
+    hot_stock: int | None = None,
+    watch: Watch | None = None,
 ) -> dict[str, Any]:
     """Preloaded (`rate` None: the queue is full before the target starts) or paced; the
-    ceiling as `ceiling` says (else one batch at a time on the default loop)."""
+    ceiling as `ceiling` says (else one batch at a time on the default loop); `replicas`
+    worker processes started together; `hot_stock` as `build_plan` takes it."""
     config = context.config
     ceiling = ceiling or CeilingConfiguration("asyncio", 1)
     shown = f"ceiling ({ceiling.name})" if target == "ceiling" else target
+    shown += f" x{replicas}" if replicas > 1 else ""
     label = f"{shown} {workload}" + (f" at {rate:.0f}/s" if rate else "")
     stage = Stage(config.amqp_url, config.admin_database_url)
     verdict = checks.Verdict()
     try:
         await stage.open(with_database=target == "worker")
         plan = build_plan(
-            workload, size, seed=config.seed, coupons=config.coupons, reply_to=stage.reply_to
+            workload,
+            size,
+            seed=config.seed,
+            coupons=config.coupons,
+            reply_to=stage.reply_to,
+            hot_stock=hot_stock,
         )
         await stage.preseed(plan.preseed)
         if rate is None:
             with context.progress.phase(f"{label}: preload", len(plan)) as phase:
                 await stage.preload(plan.messages, phase.advance)
-        process = _process(context, target, stage, label, ceiling)
-        async with _running(stage, process):
+        processes = [
+            _process(context, target, stage, f"{label} {index}", ceiling)
+            for index in range(1, replicas + 1)
+        ]
+        window = Window()
+        async with (
+            watch(stage, window) if watch else _unwatched() as watched,
+            running(stage, processes, window),
+        ):
             with context.progress.phase(label, len(plan)) as phase:
-                sent, achieved = await _drive(stage, plan, rate, phase, process)
+                sent, achieved = await _drive(stage, plan, rate, phase, processes)
         assert stage.observer is not None
         arrivals = stage.observer.arrivals
         result: dict[str, Any] = {"target": target, "workload": workload, "commands": len(plan)}
@@ -68,13 +93,22 @@ async def measure(
             result["ceiling"] = ceiling.describe()
         result["mode"] = "preloaded" if rate is None else "paced"
         result.update(timing.throughput(arrivals))
+        counted = [at for at in timing.first_answers(arrivals).values() if at >= window.ready_at]
+        result["from_ready"] = {
+            "commands": len(counted),
+            **timing.throughput(arrivals, since=window.ready_at),
+        }
         if rate is not None:
             result["offered_per_second"] = round(rate, 1)
             result["sent_per_second"] = round(achieved, 1)
             result["latency"] = timing.latency(plan.messages, sent, arrivals)
         if target == "worker":
-            result["peak_rss_bytes"] = process.peak_rss
-            result["worker_reported"] = _ready_record(process.log)
+            result["peak_rss_bytes"] = max(process.peak_rss for process in processes)
+            result["worker_reported"] = _ready_record(processes[0].log)
+        if replicas > 1 or watch:
+            result["processes"] = window.describe(processes)
+        if watch:
+            result["watched"] = watched
         checks.check_outcomes(plan, arrivals, verdict)
         left = await stage.broker.depth(stage.topology.worker_queue)
         dead = await stage.broker.depth(stage.topology.dead_queue)
@@ -93,8 +127,10 @@ async def measure(
 def _process(
     context: Context, target: str, stage: Stage, label: str, ceiling: CeilingConfiguration
 ) -> TargetProcess:
+    """`label`, with the process's number: its log file's name (one per process)."""
     name = "".join(c if c.isalnum() or c in "-." else "-" for c in label)
     log = context.logs / f"{name}-{len(list(context.logs.iterdir()))}.log"
+    log.touch()
     config = context.config
     if target == "ceiling":
         return TargetProcess.ceiling(
@@ -116,26 +152,12 @@ def _process(
 
 
 @contextlib.asynccontextmanager
-async def _running(stage: Stage, process: TargetProcess) -> AsyncIterator[None]:
-    """The target alone on the queue while it is measured, stopped (exit 0) afterwards."""
-    await stage.expect_consumers(0, "before the start")
-    process.start()
-    try:
-        await process.wait_ready()
-        await stage.expect_consumers(1, f"{process.kind} ready")
-        yield
-        if not process.running():
-            raise BenchmarkFailed(
-                f"the {process.kind} exited ({process.returncode}) during the measurement "
-                f"(signalled by another process, or it crashed):\n{process.tail()}"
-            )
-        await stage.expect_consumers(1, "measurement done")
-    finally:
-        await process.stop()
+async def _unwatched() -> AsyncIterator[dict[str, Any]]:
+    yield {}
 
 
 async def _drive(
-    stage: Stage, plan: Plan, rate: float | None, phase: Phase, process: TargetProcess
+    stage: Stage, plan: Plan, rate: float | None, phase: Phase, processes: list[TargetProcess]
 ) -> tuple[dict[str, float], float]:
     observer = stage.observer
     assert observer is not None
@@ -149,7 +171,10 @@ async def _drive(
             sent, achieved = await timing.publish_paced(exchange, plan.messages, rate)
         # Generous: a loaded machine and a slow build still finish; 60 s of silence is a stall.
         await observer.wait_answered(
-            len(plan), within=300 + len(plan) / 20, idle=60, alive=process.running
+            len(plan),
+            within=300 + len(plan) / 20,
+            idle=60,
+            alive=lambda: all(process.running() for process in processes),
         )
         await asyncio.sleep(QUIET_AFTER)
         phase.update_to(observer.answered)

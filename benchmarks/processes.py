@@ -1,6 +1,8 @@
 """The process under test, started as a user starts it: `coupon-worker run`, or the ceiling
 (`python -m benchmarks.ceiling`). Its output goes to a log file; it is ready when it logs its
-ready line; it is stopped with SIGTERM and must exit 0. Its resident memory is sampled."""
+ready line; it is stopped with SIGTERM and must exit 0. Its resident memory and CPU time are
+sampled. `running` starts one or several (replicas on one queue) together and stops them, and
+its `Window` says when every one was consuming."""
 
 from __future__ import annotations
 
@@ -10,12 +12,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from benchmarks.database import BenchmarkFailed, coupon_worker_command
+from benchmarks.stage import Stage
 
 # Set by the benchmark for every run; a user's own values of these would break the isolation.
 CONTROLLED = ("WORKER_NAME_PREFIX", "WORKER_HEALTH_FILE", "WORKER_FAULT_PLAN", "WORKER_LOG_FORMAT")
@@ -30,6 +36,7 @@ class TargetProcess:
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss = 0
+        self.cpu_seconds = 0.0  # user + system, as last sampled (at most RSS_INTERVAL old)
         self._sampler: asyncio.Task[None] | None = None
 
     @classmethod
@@ -110,4 +117,64 @@ class TargetProcess:
             watched = psutil.Process(self.process.pid)
             while True:
                 self.peak_rss = max(self.peak_rss, watched.memory_info().rss)
+                times = watched.cpu_times()
+                self.cpu_seconds = times.user + times.system
                 await asyncio.sleep(RSS_INTERVAL)
+
+
+@dataclass
+class Window:
+    """When every process was consuming and when the measurement ended (time.perf_counter, 0
+    until then), and the CPU time each had used by those times (its start-up left out)."""
+
+    ready_at: float = 0.0
+    done_at: float = 0.0
+    cpu_at_ready: list[float] = field(default_factory=list)
+    cpu_at_end: list[float] = field(default_factory=list)
+
+    def describe(self, processes: list[TargetProcess]) -> list[dict[str, Any]]:
+        return [
+            {
+                "peak_rss_bytes": process.peak_rss,
+                "cpu_seconds": round(end - start, 2),
+                "log": str(process.log),
+            }
+            for process, start, end in zip(
+                processes, self.cpu_at_ready, self.cpu_at_end, strict=True
+            )
+        ]
+
+
+@contextlib.asynccontextmanager
+async def running(
+    stage: Stage, processes: list[TargetProcess], window: Window
+) -> AsyncIterator[None]:
+    """The targets alone on the queue while they are measured (started together, so that
+    their start-ups overlap), stopped (exit 0) afterwards."""
+    await stage.expect_consumers(0, "before the start")
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            await process.wait_ready()
+        window.ready_at = time.perf_counter()
+        window.cpu_at_ready = [process.cpu_seconds for process in processes]
+        kind = processes[0].kind
+        await stage.expect_consumers(len(processes), f"{kind} ready")
+        yield
+        window.done_at = time.perf_counter()
+        window.cpu_at_end = [process.cpu_seconds for process in processes]
+        for process in processes:
+            if not process.running():
+                raise BenchmarkFailed(
+                    f"the {kind} exited ({process.returncode}) during the measurement "
+                    f"(signalled by another process, or it crashed):\n{process.tail()}"
+                )
+        await stage.expect_consumers(len(processes), "measurement done")
+    finally:
+        problems = await asyncio.gather(
+            *(process.stop() for process in processes), return_exceptions=True
+        )
+        failed = next((p for p in problems if isinstance(p, BaseException)), None)
+        if failed is not None:
+            raise failed

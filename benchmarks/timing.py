@@ -27,10 +27,11 @@ def first_answers(arrivals: Sequence[Arrival]) -> dict[str, float]:
     return first
 
 
-def throughput(arrivals: Sequence[Arrival]) -> dict[str, float]:
+def throughput(arrivals: Sequence[Arrival], since: float | None = None) -> dict[str, float]:
     """Commands per second from the first outcome to the last command's first outcome: the
-    target's start-up is outside the window, and so are late copies."""
-    answers = sorted(first_answers(arrivals).values())
+    target's start-up is outside the window, and so are late copies. `since`: only commands
+    first answered from then on count (several processes: once every one is consuming)."""
+    answers = sorted(at for at in first_answers(arrivals).values() if since is None or at >= since)
     if len(answers) < 2:
         return {"seconds": 0.0, "commands_per_second": 0.0}
     seconds = answers[-1] - answers[0]

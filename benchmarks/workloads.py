@@ -4,6 +4,8 @@ A plan is built from a seed, so the ceiling and the worker get the same commands
 but for the `reply_to` queue name (same length). Every command has one expected outcome type,
 which makes the exactly-once checks exact: redeems only target preseeded coupons that hold
 enough for every redeem sent (the hot coupon exactly as many), creates use distinct new codes.
+The one exception is asked for by name: a hot coupon that holds fewer (`hot_stock`), whose
+surplus redeems must come back Exhausted, how many exactly but not which (`Plan.may_run_out`).
 """
 
 from __future__ import annotations
@@ -38,23 +40,39 @@ class Plan:
     writes: set[str] = field(default_factory=set)  # message ids the worker must record
     reads: set[str] = field(default_factory=set)  # gets: answered, may or may not be recorded
     invalid: set[str] = field(default_factory=set)  # must be dead-lettered, change nothing
+    may_run_out: set[str] = field(default_factory=set)  # redeems that may come back Exhausted
 
     def __len__(self) -> int:
         return len(self.messages)
 
+    @property
+    def shortfall(self) -> int:
+        """Redeems sent beyond what their coupons hold: exactly this many must be Exhausted."""
+        return sum(max(n - self.preseed.get(code, n), 0) for code, n in self.redeems.items())
+
 
 def build_plan(
-    workload: str, size: int, *, seed: int, coupons: int, reply_to: str, tag: str = ""
+    workload: str,
+    size: int,
+    *,
+    seed: int,
+    coupons: int,
+    reply_to: str,
+    tag: str = "",
+    hot_stock: int | None = None,
 ) -> Plan:
     """`size` commands of `workload`; `tag` keeps created codes apart between plans that share
-    a database (none do today: every run has its own)."""
+    a database (none do today: every run has its own); `hot_stock`: what the hot coupon of
+    `redeem-hot` holds, if not exactly `size` (fewer: the rest must come back Exhausted)."""
+    if hot_stock is not None and (workload != "redeem-hot" or not 1 <= hot_stock <= size):
+        raise ValueError("hot_stock: a redeem-hot plan's coupon, from 1 to the redeems sent")
     rng = random.Random(f"{seed}-{workload}-{size}-{tag}")
     plan = Plan(workload)
     preseeded = [f"bench-{i:05d}" for i in range(coupons)]
     if workload in ("redeem", "mixed"):
         plan.preseed = dict.fromkeys(preseeded, PRESEED_COUNT)
     elif workload == "redeem-hot":
-        plan.preseed = {HOT_CODE: size}
+        plan.preseed = {HOT_CODE: size if hot_stock is None else hot_stock}
     for index in range(size):
         kind = _kind(workload, rng)
         message_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
@@ -83,6 +101,8 @@ def build_plan(
                 reply_to=reply_to,
             )
             _expect(plan, message, names.INVALID, plan.invalid)
+    if plan.shortfall:  # any of the hot coupon's redeems may be one too many
+        plan.may_run_out = set(plan.writes)
     return plan
 
 

@@ -9,7 +9,7 @@ import pytest
 from benchmarks import checks, timing
 from benchmarks.database import CouponRow, DatabaseState
 from benchmarks.observer import Arrival
-from benchmarks.workloads import Plan, build_plan
+from benchmarks.workloads import HOT_CODE, Plan, build_plan
 from contracts import names
 
 
@@ -156,3 +156,69 @@ def test_throughput_and_latency_figures() -> None:
     samples = [float(value) for value in range(1, 101)]
     assert timing.percentile(samples, 0.50) == 50.0
     assert timing.percentile(samples, 0.99) == 99.0
+
+
+def short_hot_plan(size: int = 200, stock: int = 150) -> Plan:
+    """The replicas phase's shared hot coupon: more redeems sent than it holds."""
+    return build_plan("redeem-hot", size, seed=5, coupons=5, reply_to="r", hot_stock=stock)
+
+
+def short_hot_arrivals(plan: Plan, exhausted: int) -> list[Arrival]:
+    """Redeemed until the coupon ran out, then Exhausted: the last `exhausted` commands."""
+    arrivals = faithful_arrivals(plan)
+    for index in range(len(arrivals) - exhausted, len(arrivals)):
+        arrivals[index] = dataclasses.replace(
+            arrivals[index], outcome_type=names.ERROR, body=b'{"error": "Exhausted"}'
+        )
+    return arrivals
+
+
+def short_hot_state(plan: Plan, remaining: int = 0) -> DatabaseState:
+    state = faithful_state(plan)
+    return DatabaseState({HOT_CODE: CouponRow(plan.preseed[HOT_CODE], remaining)}, state.processed)
+
+
+def test_a_hot_coupon_holding_fewer_than_sent_runs_out_exactly() -> None:
+    plan = short_hot_plan()
+    assert plan.shortfall == 50 and plan.may_run_out == plan.writes
+    verdict = verdict_of(plan, short_hot_arrivals(plan, 50), short_hot_state(plan))
+    assert verdict.passed, verdict.problems
+    assert verdict.figures["exhausted"] == 50 and verdict.figures["remaining"] == 0
+    assert verdict.figures["redeemed_in_database"] == 150
+
+
+@pytest.mark.parametrize("exhausted", [49, 51])
+def test_an_oversell_or_a_missed_redeem_of_the_hot_coupon_fails(exhausted: int) -> None:
+    plan = short_hot_plan()
+    verdict = verdict_of(plan, short_hot_arrivals(plan, exhausted), short_hot_state(plan))
+    assert any("Exhausted, where the coupon held" in problem for problem in verdict.problems)
+
+
+def test_the_hot_coupon_left_with_stock_or_below_zero_fails() -> None:
+    plan = short_hot_plan()
+    for remaining in (1, -1):
+        state = short_hot_state(plan, remaining)
+        verdict = verdict_of(plan, short_hot_arrivals(plan, 50), state)
+        assert any("counts do not match" in problem for problem in verdict.problems)
+
+
+def test_only_exhausted_counts_as_running_out() -> None:
+    plan = short_hot_plan()
+    arrivals = short_hot_arrivals(plan, 50)
+    arrivals[-1] = dataclasses.replace(arrivals[-1], body=b'{"error": "DoesNotExist"}')
+    verdict = verdict_of(plan, arrivals, short_hot_state(plan))
+    assert any("unexpected outcome" in problem for problem in verdict.problems)
+
+
+def test_a_plan_with_enough_stock_may_not_run_out() -> None:
+    plan = build_plan("redeem-hot", 50, seed=1, coupons=5, reply_to="r")
+    assert plan.shortfall == 0 and not plan.may_run_out
+    with pytest.raises(ValueError, match="hot_stock"):
+        build_plan("redeem", 50, seed=1, coupons=5, reply_to="r", hot_stock=10)
+
+
+def test_throughput_counted_from_a_moment() -> None:
+    arrivals = [
+        Arrival(1.0 + i / 100, f"c{i}", f"e{i}", names.CREATED, "event", b"") for i in range(101)
+    ]
+    assert timing.throughput(arrivals, since=1.5) == {"seconds": 0.5, "commands_per_second": 100.0}
