@@ -107,6 +107,7 @@ async def measure(
             result["worker_reported"] = _ready_record(processes[0].log)
         if replicas > 1 or watch:
             result["processes"] = window.describe(processes)
+            result["logs"] = [str(process.log) for process in processes]  # for the caller to read
         if watch:
             result["watched"] = watched
         checks.check_outcomes(plan, arrivals, verdict)
@@ -127,10 +128,8 @@ async def measure(
 def _process(
     context: Context, target: str, stage: Stage, label: str, ceiling: CeilingConfiguration
 ) -> TargetProcess:
-    """`label`, with the process's number: its log file's name (one per process)."""
     name = "".join(c if c.isalnum() or c in "-." else "-" for c in label)
     log = context.logs / f"{name}-{len(list(context.logs.iterdir()))}.log"
-    log.touch()
     config = context.config
     if target == "ceiling":
         return TargetProcess.ceiling(

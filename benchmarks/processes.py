@@ -2,7 +2,8 @@
 (`python -m benchmarks.ceiling`). Its output goes to a log file; it is ready when it logs its
 ready line; it is stopped with SIGTERM and must exit 0. Its resident memory and CPU time are
 sampled. `running` starts one or several (replicas on one queue) together and stops them, and
-its `Window` says when every one was consuming."""
+its `Window` says when every one was consuming, and how long each spent on a CPU and waiting for
+one (runnable, on a run queue: /proc/<pid>/task/*/schedstat) in the meantime."""
 
 from __future__ import annotations
 
@@ -78,6 +79,17 @@ class TargetProcess:
     def returncode(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
+    def run_queue_seconds(self) -> float:
+        """Time its threads spent runnable but waiting for a CPU, so far (0 if unknown)."""
+        if self.process is None:
+            return 0.0
+        waited = 0
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    waited += int((task / "schedstat").read_text().split()[1])
+        return waited / 1e9
+
     def tail(self, characters: int = 3000) -> str:
         try:
             return self.log.read_text(errors="replace")[-characters:]
@@ -125,24 +137,27 @@ class TargetProcess:
 @dataclass
 class Window:
     """When every process was consuming and when the measurement ended (time.perf_counter, 0
-    until then), and the CPU time each had used by those times (its start-up left out)."""
+    until then), and each process's CPU time and run-queue wait by those times."""
 
     ready_at: float = 0.0
     done_at: float = 0.0
-    cpu_at_ready: list[float] = field(default_factory=list)
-    cpu_at_end: list[float] = field(default_factory=list)
+    at_ready: list[tuple[float, float]] = field(default_factory=list)  # (CPU, run queue) s
+    at_end: list[tuple[float, float]] = field(default_factory=list)
 
     def describe(self, processes: list[TargetProcess]) -> list[dict[str, Any]]:
+        """Per process, in between (its start-up and stop left out)."""
         return [
             {
                 "peak_rss_bytes": process.peak_rss,
-                "cpu_seconds": round(end - start, 2),
-                "log": str(process.log),
+                "cpu_seconds": round(end[0] - start[0], 2),
+                "run_queue_seconds": round(end[1] - start[1], 3),
             }
-            for process, start, end in zip(
-                processes, self.cpu_at_ready, self.cpu_at_end, strict=True
-            )
+            for process, start, end in zip(processes, self.at_ready, self.at_end, strict=True)
         ]
+
+
+def _times(processes: list[TargetProcess]) -> list[tuple[float, float]]:
+    return [(process.cpu_seconds, process.run_queue_seconds()) for process in processes]
 
 
 @contextlib.asynccontextmanager
@@ -158,12 +173,12 @@ async def running(
         for process in processes:
             await process.wait_ready()
         window.ready_at = time.perf_counter()
-        window.cpu_at_ready = [process.cpu_seconds for process in processes]
+        window.at_ready = _times(processes)
         kind = processes[0].kind
         await stage.expect_consumers(len(processes), f"{kind} ready")
         yield
         window.done_at = time.perf_counter()
-        window.cpu_at_end = [process.cpu_seconds for process in processes]
+        window.at_end = _times(processes)
         for process in processes:
             if not process.running():
                 raise BenchmarkFailed(

@@ -64,6 +64,20 @@ def summarize_locks(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def summarize_times(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Per command answered, the median over the runs of the processes' CPU time and of their
+    time waiting for a CPU (ms, all processes together)."""
+
+    def per_command(name: str) -> float:
+        values = [1000 * sum(per_replica(r, name)) / r["commands"] for r in runs if r["commands"]]
+        return round(statistics.median(values), 3) if values else 0.0
+
+    return {
+        "cpu_ms_per_command": per_command("cpu_seconds"),
+        "run_queue_ms_per_command": per_command("run_queue_seconds"),
+    }
+
+
 def summarize_throughput(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per target the median commands/s and range; the ratio of two replicas' median to one's
     and the range of the repetitions' own ratios (each x2 run against the x1 run before it)."""
@@ -74,6 +88,7 @@ def summarize_throughput(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any
             "commands_per_second": summary(rates)["median"],
             "range": summary(rates)["range"],
             "locks": summarize_locks(runs[target]),
+            **summarize_times(runs[target]),
         }
     paired = [
         _ratio(two["commands_per_second"], one["commands_per_second"])
@@ -95,6 +110,7 @@ def summarize_latency(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             **latency,
             "p99_range": summary([r["p99_ms"] for r in runs[target]])["range"],
             "locks": summarize_locks(runs[target]),
+            **summarize_times(runs[target]),
         }
     row["p99_ratio"] = _ratio(row["x2"]["p99_ms"], row["x1"]["p99_ms"])
     row["smallest_share"] = smallest_share(runs["x2"])

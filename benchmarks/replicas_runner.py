@@ -82,29 +82,29 @@ async def _measure(context: Context, phase: str, workload: str, replicas: int) -
     run = await measure(
         context, "worker", workload, size, rate, replicas=replicas, watch=locks.lock_watch
     )
-    run["answered"] = [answered_by(Path(p["log"])) for p in run["processes"]]
+    run["answered"] = [answered_by(Path(log))["answered"] for log in run.pop("logs")]
     return run
 
 
 def _figures(phase: str, run: dict[str, Any]) -> dict[str, Any]:
     """What a run states: its throughput (from the moment every process consumed) or its
-    latency; lock waits and deadlocks; per process, commands answered and CPU seconds."""
+    latency; lock waits and deadlocks; per process, commands answered, CPU seconds and seconds
+    waiting for a CPU."""
     if phase == "throughput":
         figures = {k: run["from_ready"][k] for k in ("commands", "seconds", "commands_per_second")}
     else:
         figures = {"offered_per_second": run["offered_per_second"], "commands": run["commands"]}
         figures |= {k: run["latency"][k] for k in (*replicas_record.LATENCY_KEYS, "samples")}
     figures |= {key: run["watched"][key] for key in LOCK_KEYS}
-    figures |= replica_figures("answered", [a["answered"] for a in run["answered"]])
-    figures |= replica_figures("cpu_seconds", [p["cpu_seconds"] for p in run["processes"]])
-    return figures
+    figures |= replica_figures("answered", run["answered"])
+    return figures | _times(run)
 
 
 def _hot_figures(run: dict[str, Any]) -> dict[str, Any]:
     """The hot run's outcomes (the observer's checks, the database), and who answered what
     (the replicas' logs: every command's id and outcome at DEBUG)."""
     checks = run["checks"]
-    logs = [answered_by(Path(p["log"])) for p in run["processes"]]
+    logs = [answered_by(Path(log)) for log in run.pop("logs")]
     ids = Counter(message_id for log in logs for message_id in log["outcomes"])
     figures: dict[str, Any] = {
         "commands": run["commands"],
@@ -123,8 +123,14 @@ def _hot_figures(run: dict[str, Any]) -> dict[str, Any]:
     for outcome, name in (("coupon.redeemed", "redeemed"), ("coupon.error", "exhausted")):
         counts = [sum(1 for o in log["outcomes"].values() if o == outcome) for log in logs]
         figures |= replica_figures(f"{name}_by", counts)
-    figures |= replica_figures("cpu_seconds", [p["cpu_seconds"] for p in run["processes"]])
-    return figures
+    return figures | _times(run)
+
+
+def _times(run: dict[str, Any]) -> dict[str, Any]:
+    """Per process, once every one consumed: CPU seconds, and seconds waiting for a CPU."""
+    return replica_figures("cpu_seconds", [p["cpu_seconds"] for p in run["processes"]]) | (
+        replica_figures("run_queue_seconds", [p["run_queue_seconds"] for p in run["processes"]])
+    )
 
 
 def answered_by(log: Path) -> dict[str, Any]:

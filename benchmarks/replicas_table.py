@@ -46,8 +46,9 @@ def render(result: dict[str, Any]) -> str:
         "",
         "| workload | commands | 1 process | 2 processes | ratio, 2 to 1 (range of the "
         "repetitions' ratios) | smaller process's share | lock waits, 1 / 2 processes: "
-        "samples finding one, waits seen, longest | deadlocks, 1 / 2 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "samples finding one, waits seen, longest | deadlocks, 1 / 2 | per command: CPU, waiting "
+        "for a CPU, 1 / 2 processes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for workload, row in result["throughput"].items():
         one, two = row["x1"], row["x2"]
@@ -56,21 +57,22 @@ def render(result: dict[str, Any]) -> str:
             f"({_range(one['range'])}) | {two['commands_per_second']:,.0f}/s "
             f"({_range(two['range'])}) | **{row['ratio']:.2f}{TIMES}** "
             f"({_range(row['ratio_range'], digits=2)}) | {_share(row['smallest_share'])} | "
-            f"{_locks(one)} / {_locks(two)} | {_deadlocks(row)} |"
+            f"{_locks(one)} / {_locks(two)} | {_deadlocks(row)} | {_times(one)} / {_times(two)} |"
         )
     lines += [
         "",
         f"| latency, command → outcome at {settings['latency_rate']:,.0f}/s | 1 process p50 / "
         "p99 / max (p99 range) | 2 processes p50 / p99 / max (p99 range) | p99 ratio | smaller "
-        "process's share | lock waits, 1 / 2 processes | deadlocks, 1 / 2 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "process's share | lock waits, 1 / 2 processes | deadlocks, 1 / 2 | per command: CPU, "
+        "waiting for a CPU, 1 / 2 processes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for workload, row in result["latency"].items():
         one, two = row["x1"], row["x2"]
         lines.append(
             f"| {workload} | {_latency(one)} | {_latency(two)} | {row['p99_ratio']:.2f}{TIMES} | "
             f"{_share(row['smallest_share'])} | {_locks(one)} / {_locks(two)} | "
-            f"{_deadlocks(row)} |"
+            f"{_deadlocks(row)} | {_times(one)} / {_times(two)} |"
         )
     lines += ["", _hot(result["hot"]), "", _targets(result["targets"])]
     if settings["quick"]:
@@ -85,6 +87,10 @@ def _share(share: float | None) -> str:
 def _locks(target: dict[str, Any]) -> str:
     locks = target["locks"]
     return f"{locks['waiting_share']:.0%}, {locks['waits_seen']:,}, {locks['longest_ms']:,.0f} ms"
+
+
+def _times(target: dict[str, Any]) -> str:
+    return f"{target['cpu_ms_per_command']:.2f}, {target['run_queue_ms_per_command']:.2f} ms"
 
 
 def _deadlocks(row: dict[str, Any]) -> str:
@@ -115,7 +121,8 @@ def _hot(hot: dict[str, Any]) -> str:
         f"{hot['answered_2']:,} ({hot['redeemed_by_2']:,} redeemed, {hot['exhausted_by_2']:,} "
         f"Exhausted); {hot['attributed']:,} commands found in exactly one log "
         f"({hot['attributed_twice']} in both); CPU once consuming {hot['cpu_seconds_1']:.1f} s "
-        f"and {hot['cpu_seconds_2']:.1f} s; {hot['commands_per_second']:,.0f} commands/s."
+        f"and {hot['cpu_seconds_2']:.1f} s, waiting for a CPU {hot['run_queue_seconds_1']:.1f} s "
+        f"and {hot['run_queue_seconds_2']:.1f} s; {hot['commands_per_second']:,.0f} commands/s."
     )
 
 
