@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 UV := scripts/uv
 PYTEST_ARGS ?=
 
-.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link reliability
+.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link bench-profile reliability
 setup:
 	$(UV) sync --frozen --all-extras
 
@@ -74,6 +74,13 @@ bench-soak: setup services
 SLOW_LINK_ARGS ?=
 bench-slow-link: setup services
 	$(UV) run python -m benchmarks.slow_link $(SLOW_LINK_ARGS)
+
+# Where a workload's time goes: one preloaded worker run (the 1,000-coupon redeem by default)
+# under py-spy, with the database's statements from pg_stat_statements where the server preloads
+# it; written to docs/profiles/<workload>-<time>.txt. PROFILE_ARGS="--workload mixed --commands 40000"
+PROFILE_ARGS ?=
+bench-profile: setup services
+	$(UV) run python -m benchmarks.profile $(PROFILE_ARGS)
 
 # The Performance tables (docs/performance.md) from a result file (BENCH_RESULT, default latest.json;
 # BENCH_BEFORE, a result file of the previous worker, adds its column).
