@@ -33,7 +33,7 @@ from benchmarks.config import RESULTS_DIR
 from benchmarks.database import BenchmarkFailed, migrate
 from benchmarks.processes import TargetProcess
 from contracts import names
-from contracts.client import to_amqp
+from contracts.amqp import to_amqp
 from contracts.commands import CreateCoupon, RedeemCoupon
 from contracts.messages import CommandMessage, command_message
 from tests.support.broker import Broker
