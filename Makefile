@@ -68,12 +68,14 @@ bench-quick: setup services
 SOAK_ARGS ?=
 bench-soak: setup services
 	$(UV) run python -m benchmarks.soak $(SOAK_ARGS)
+	$(UV) run python -m benchmarks.phase_tables --only soak --write docs/performance.md
 
 # Lone commands over a 10 ms round trip to PostgreSQL (a delaying proxy on loopback), p50/p99;
 # SLOW_LINK_ARGS="--delay 5 --rate 20 --seconds 30"; benchmarks/results/slow-link-<time>.json.
 SLOW_LINK_ARGS ?=
 bench-slow-link: setup services
 	$(UV) run python -m benchmarks.slow_link $(SLOW_LINK_ARGS)
+	$(UV) run python -m benchmarks.phase_tables --only slow-link --write docs/performance.md
 
 # Where a workload's time goes: one preloaded worker run (the 1,000-coupon redeem by default)
 # under py-spy, with the database's statements from pg_stat_statements where the server preloads
