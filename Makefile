@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 UV := scripts/uv
 PYTEST_ARGS ?=
 
-.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link bench-replicas reliability
+.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link bench-profile bench-replicas reliability
 setup:
 	$(UV) sync --frozen --all-extras
 
@@ -68,12 +68,21 @@ bench-quick: setup services
 SOAK_ARGS ?=
 bench-soak: setup services
 	$(UV) run python -m benchmarks.soak $(SOAK_ARGS)
+	$(UV) run python -m benchmarks.phase_tables --only soak --write docs/performance.md
 
 # Lone commands over a 10 ms round trip to PostgreSQL (a delaying proxy on loopback), p50/p99;
 # SLOW_LINK_ARGS="--delay 5 --rate 20 --seconds 30"; benchmarks/results/slow-link-<time>.json.
 SLOW_LINK_ARGS ?=
 bench-slow-link: setup services
 	$(UV) run python -m benchmarks.slow_link $(SLOW_LINK_ARGS)
+	$(UV) run python -m benchmarks.phase_tables --only slow-link --write docs/performance.md
+
+# Where a workload's time goes: one preloaded worker run (the 1,000-coupon redeem by default)
+# under py-spy, with the database's statements from pg_stat_statements where the server preloads
+# it; written to docs/profiles/<workload>-<time>.txt. PROFILE_ARGS="--workload mixed --commands 40000"
+PROFILE_ARGS ?=
+bench-profile: setup services
+	$(UV) run python -m benchmarks.profile $(PROFILE_ARGS)
 
 # Two worker processes on one queue against one (docs/performance.md, "Replicas"): the bench
 # workloads interleaved 1, 2, 1, 2, ..., lock waits and deadlocks read from PostgreSQL, a hot

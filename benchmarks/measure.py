@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from benchmarks import checks, database, timing
 from benchmarks.config import BenchConfig, CeilingConfiguration
@@ -46,13 +48,15 @@ async def measure(
     size: int,
     rate: float | None = None,
     ceiling: CeilingConfiguration | None = None,
+    inspect: Callable[[AsyncEngine], Awaitable[None]] | None = None,
     *,
     replicas: int = 1,
     hot_stock: int | None = None,
     watch: Watch | None = None,
 ) -> dict[str, Any]:
     """Preloaded (`rate` None: the queue is full before the target starts) or paced; the
-    ceiling as `ceiling` says (else one batch at a time on the default loop); `replicas`
+    ceiling as `ceiling` says (else one batch at a time on the default loop). `inspect` is
+    given the worker's database once the worker has exited, before it is dropped; `replicas`
     worker processes started together; `hot_stock` as `build_plan` takes it."""
     config = context.config
     ceiling = ceiling or CeilingConfiguration("asyncio", 1)
@@ -116,6 +120,8 @@ async def measure(
         checks.check_queues(plan, left, dead, verdict)
         if stage.engine is not None:
             checks.check_database(plan, await database.read_state(stage.engine), verdict)
+            if inspect is not None:
+                await inspect(stage.engine)
         result["checks"] = verdict.describe()
     finally:
         await stage.close()

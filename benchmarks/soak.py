@@ -32,8 +32,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from benchmarks.config import RESULTS_DIR
 from benchmarks.database import BenchmarkFailed, migrate
 from benchmarks.processes import TargetProcess
+from benchmarks.provenance import BENCHMARK_CODE, head, uncommitted
 from contracts import names
-from contracts.client import to_amqp
+from contracts.amqp import to_amqp
 from contracts.commands import CreateCoupon, RedeemCoupon
 from contracts.messages import CommandMessage, command_message
 from tests.support.broker import Broker
@@ -168,6 +169,9 @@ async def soak(amqp_url: str, admin_url: str, commands: int, output: Path) -> di
     base = next(r for r in rows if r["commands"] >= 20_000)
     return {
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": head(),
+        "uncommitted_code_under_test": uncommitted(BENCHMARK_CODE),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "commands": commands,
         "wave": WAVE,
         "rows": rows,

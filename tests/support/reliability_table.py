@@ -317,6 +317,24 @@ def _closed(f: Figures) -> str:
     return f"{one('consume', 'consuming')}; {one('publish', 'publishing')}"
 
 
+def _outbox(f: Figures) -> str:
+    o = "outbox and inbox"
+    return (
+        f"{f(o, 'orders_committed')} orders committed ({f(o, 'orders_declined')} declined after "
+        f"staging, rolled back): {f(o, 'distinct_outcomes')}/{f(o, 'commands')} outcomes, "
+        f"**{f(o, 'lost')} lost, {f(o, 'doubled')} doubled, {f(o, 'wrong_outcomes')} wrong**; "
+        f"{f(o, 'relay_kills')} relays killed (backlog at thaw / unsent after each kill: "
+        f"{f(o, 'relay_backlog_at_thaw_and_unsent_after_kill', plain=True).replace(',', ', ')}), "
+        f"republished commands answered with the stored outcome ({f(o, 'duplicates')} extra "
+        f"copies); {f(o, 'tally_kills')} consumers killed, {f(o, 'returned_by_tally_kills')} "
+        f"events returned by the kills, {f(o, 'repeats_skipped_by_inbox')} repeats skipped by "
+        f"the inbox; {f(o, 'tallied')} of {f(o, 'redeemed_events')} `coupon.redeemed` counted "
+        f"(inbox ids: {f(o, 'inbox_ids')}); parked {f(o, 'parked')}, dead-lettered "
+        f"{f(o, 'dead_lettered')} + {f(o, 'tally_dead_lettered')}; settled "
+        f"{f(o, 'settled_seconds_after_last_kill')} s after the last kill"
+    )
+
+
 Text = Callable[[Figures], str]
 ROWS: list[tuple[str, str | Text, Text, str]] = [
     (
@@ -420,6 +438,18 @@ ROWS: list[tuple[str, str | Text, Text, str]] = [
         "publishing one, under a steady flow",
         _closed,
         "tests/faults/test_resource_alarms.py",
+    ),
+    (
+        "Outbox and inbox across services",
+        lambda f: (
+            "the example checkout service: orders and their redeems staged in one transaction "
+            "(every 7th declined after staging), a relay publishing the outbox and a consumer "
+            "counting `coupon.redeemed` through an inbox; each SIGKILLed "
+            f"{f('outbox and inbox', 'relay_kills')} times at random points, while work was "
+            "in flight"
+        ),
+        _outbox,
+        "tests/faults/test_outbox_inbox.py",
     ),
 ]
 

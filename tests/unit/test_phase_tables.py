@@ -1,0 +1,53 @@
+"""docs/performance.md's slow-link and soak sections are the rendering of each phase's newest
+stored result file (benchmarks/phase_tables.py), freshness included: a figure edited on the
+page, or a stored run whose code has changed since while the page still calls it fresh, fails
+here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import phase_tables
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "docs/performance.md"
+
+
+@pytest.mark.parametrize("name", [phase_tables.SLOW_LINK, phase_tables.SOAK])
+def test_the_page_section_is_the_rendering_of_the_newest_result(name: str) -> None:
+    assert phase_tables.section(name) in PAGE.read_text(), (
+        f"docs/performance.md's {name} section differs from the rendering of "
+        f"{phase_tables.newest(name).name}: python -m benchmarks.phase_tables --write "
+        "docs/performance.md"
+    )
+
+
+def test_a_changed_figure_changes_the_rendering(tmp_path: Path) -> None:
+    source = phase_tables.newest(phase_tables.SLOW_LINK)
+    result = json.loads(source.read_text())
+    result["p99_ms"] = result["p99_ms"] + 1
+    (tmp_path / source.name).write_text(json.dumps(result))
+    edited = phase_tables.section(phase_tables.SLOW_LINK, tmp_path)
+    assert edited != phase_tables.section(phase_tables.SLOW_LINK)
+    assert f"| command → outcome p99 | {result['p99_ms']} ms" in edited
+
+
+def test_the_newest_file_is_taken_and_before_files_are_not(tmp_path: Path) -> None:
+    for stem in ("soak-20261201T000000Z", "soak-20261203T000000Z", "soak-20261204T000000Z-before"):
+        (tmp_path / f"{stem}.json").write_text("{}")
+    assert phase_tables.newest(phase_tables.SOAK, tmp_path).stem == "soak-20261203T000000Z"
+
+
+def test_a_soak_that_grew_says_so() -> None:
+    rows = [
+        {"commands": n, "rss_mib": rss, "rate_since_last": 1000}
+        for n, rss in ((20_000, 90.0), (100_000, 95.0), (200_000, 100.0))
+    ]
+    result = {"finished": "t", "commands": 200_000, "wave": 10_000, "rows": rows}
+    result["rss_growth_from_20000"] = round(100.0 / 90.0, 3)
+    rendered = phase_tables.render_soak(result, "x.json")
+    assert "1.11\N{MULTIPLICATION SIGN} from 20,000" in rendered
+    assert "growing: more than 10 %" in rendered
