@@ -18,7 +18,7 @@ from typing import Final
 ROOT: Final = Path(__file__).resolve().parents[1]
 
 # The code the fault suite's figures describe (the renderers and this module excluded: they
-# shape the page, not the figures).
+# shape the page, not the figures; so are the profiling scripts, which no fault test runs).
 RELIABILITY_CODE: Final = (
     "worker",
     "migrations",
@@ -27,6 +27,7 @@ RELIABILITY_CODE: Final = (
     "tests/support",
     "scripts",
     ":(exclude)tests/support/reliability_table.py",
+    ":(exclude)scripts/*.py",  # the profiling scripts (the suite's are shell scripts)
 )
 # The code the benchmark's figures describe (its table renderers excluded).
 BENCHMARK_CODE: Final = (
