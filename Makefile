@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 UV := scripts/uv
 PYTEST_ARGS ?=
 
-.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link reliability
+.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link bench-growth reliability
 setup:
 	$(UV) sync --frozen --all-extras
 
@@ -74,6 +74,15 @@ bench-soak: setup services
 SLOW_LINK_ARGS ?=
 bench-slow-link: setup services
 	$(UV) run python -m benchmarks.slow_link $(SLOW_LINK_ARGS)
+
+# create, redeem and mixed over empty tables and over 10,000,000 processed commands and 1,000,000
+# coupons made in SQL, interleaved, then `coupon-worker prune` timed (GROWTH_ARGS="--processed
+# 1000000 --coupons 100000"); benchmarks/results/growth-<time>.json, then its section of
+# docs/performance.md. About 40 minutes and 6 GB of disk at full size; not in CI.
+GROWTH_ARGS ?=
+bench-growth: setup services
+	$(UV) run python -m benchmarks.growth $(GROWTH_ARGS)
+	$(UV) run python -m benchmarks.growth_table --write docs/performance.md
 
 # The Performance tables (docs/performance.md) from a result file (BENCH_RESULT, default latest.json;
 # BENCH_BEFORE, a result file of the previous worker, adds its column).

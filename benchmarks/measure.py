@@ -15,6 +15,7 @@ from typing import Any
 from benchmarks import checks, database, timing
 from benchmarks.config import BenchConfig, CeilingConfiguration
 from benchmarks.database import BenchmarkFailed
+from benchmarks.grown_tables import GrownTables
 from benchmarks.observer import Observer
 from benchmarks.processes import TargetProcess
 from benchmarks.progress import Phase, Progress
@@ -39,21 +40,31 @@ async def measure(
     size: int,
     rate: float | None = None,
     ceiling: CeilingConfiguration | None = None,
+    grown: GrownTables | None = None,
 ) -> dict[str, Any]:
     """Preloaded (`rate` None: the queue is full before the target starts) or paced; the
-    ceiling as `ceiling` says (else one batch at a time on the default loop)."""
+    ceiling as `ceiling` says (else one batch at a time on the default loop); the worker over
+    `grown` tables (benchmarks/grown_tables.py) instead of a fresh database."""
     config = context.config
     ceiling = ceiling or CeilingConfiguration("asyncio", 1)
     shown = f"ceiling ({ceiling.name})" if target == "ceiling" else target
     label = f"{shown} {workload}" + (f" at {rate:.0f}/s" if rate else "")
-    stage = Stage(config.amqp_url, config.admin_database_url)
+    if grown is not None and target != "worker":
+        raise ValueError("only the worker runs over grown tables")
+    stage = Stage(config.amqp_url, config.admin_database_url, grown.database_url if grown else "")
     verdict = checks.Verdict()
     try:
         await stage.open(with_database=target == "worker")
-        plan = build_plan(
-            workload, size, seed=config.seed, coupons=config.coupons, reply_to=stage.reply_to
-        )
-        await stage.preseed(plan.preseed)
+        if grown is None:
+            plan = build_plan(
+                workload, size, seed=config.seed, coupons=config.coupons, reply_to=stage.reply_to
+            )
+            await stage.preseed(plan.preseed)
+        else:
+            assert stage.engine is not None
+            plan = await grown.plan(
+                stage.engine, workload, size, seed=config.seed, reply_to=stage.reply_to
+            )
         if rate is None:
             with context.progress.phase(f"{label}: preload", len(plan)) as phase:
                 await stage.preload(plan.messages, phase.advance)
@@ -80,7 +91,10 @@ async def measure(
         dead = await stage.broker.depth(stage.topology.dead_queue)
         checks.check_queues(plan, left, dead, verdict)
         if stage.engine is not None:
-            checks.check_database(plan, await database.read_state(stage.engine), verdict)
+            state = await (
+                grown.read_state(stage.engine, plan) if grown else database.read_state(stage.engine)
+            )
+            checks.check_database(plan, state, verdict)
         result["checks"] = verdict.describe()
     finally:
         await stage.close()

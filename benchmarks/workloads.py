@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from contracts import names
@@ -44,13 +45,22 @@ class Plan:
 
 
 def build_plan(
-    workload: str, size: int, *, seed: int, coupons: int, reply_to: str, tag: str = ""
+    workload: str,
+    size: int,
+    *,
+    seed: int,
+    coupons: int,
+    reply_to: str,
+    tag: str = "",
+    codes: Sequence[str] = (),
 ) -> Plan:
     """`size` commands of `workload`; `tag` keeps created codes apart between plans that share
-    a database (none do today: every run has its own)."""
+    a database (the growth phase's runs over its grown tables); `codes`: coupons that exist
+    already, which redeems and gets pick from instead of `coupons` preseeded ones (the caller
+    then sets `plan.preseed` to what they hold)."""
     rng = random.Random(f"{seed}-{workload}-{size}-{tag}")
     plan = Plan(workload)
-    preseeded = [f"bench-{i:05d}" for i in range(coupons)]
+    preseeded = codes or [f"bench-{i:05d}" for i in range(coupons)]
     if workload in ("redeem", "mixed"):
         plan.preseed = dict.fromkeys(preseeded, PRESEED_COUNT)
     elif workload == "redeem-hot":
