@@ -28,7 +28,7 @@ RELIABILITY_CODE: Final = (
     "scripts",
     ":(exclude)tests/support/reliability_table.py",
 )
-# The code the benchmark's figures describe (its table renderer excluded).
+# The code the benchmark's figures describe (its table renderers excluded).
 BENCHMARK_CODE: Final = (
     "worker",
     "migrations",
@@ -36,6 +36,7 @@ BENCHMARK_CODE: Final = (
     "benchmarks",
     "uv.lock",
     ":(exclude)benchmarks/table.py",
+    ":(exclude)benchmarks/growth_table.py",
     ":(exclude)benchmarks/provenance.py",
     ":(exclude)benchmarks/results",
 )
