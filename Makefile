@@ -78,7 +78,7 @@ bench-slow-link: setup services
 # create, redeem and mixed over empty tables and over 10,000,000 processed commands and 1,000,000
 # coupons made in SQL, interleaved, then `coupon-worker prune` timed (GROWTH_ARGS="--processed
 # 1000000 --coupons 100000"); benchmarks/results/growth-<time>.json, then its section of
-# docs/performance.md. About 40 minutes and 6 GB of disk at full size; not in CI.
+# docs/performance.md. 10-15 minutes and 4 GB of disk at full size; not in CI.
 GROWTH_ARGS ?=
 bench-growth: setup services
 	$(UV) run python -m benchmarks.growth $(GROWTH_ARGS)

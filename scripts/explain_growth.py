@@ -8,7 +8,8 @@ For each kind of batch (250 redeems of coupons drawn from the grown pool, 250 cr
 codes), `--batches` batches one after another, each in a transaction rolled back (nothing
 stays): `LOCK_AND_LOOK_UP` then `WRITE_ALL` (worker/db/repositories.py), compiled as the worker
 compiles them and run with the worker's `plan_cache_mode`. Printed: each statement's execution
-time and shared buffers (hit / read / dirtied / written) per batch, then the last batch's plans.
+time and shared buffers (hit / read / dirtied / written) per batch, how many of the batch's
+coupon updates were HOT (no index entry added), then the last batch's plans.
 The empty side is a fresh database of its own, migrated, with `make bench`'s 1,000 coupons.
 """
 
@@ -40,6 +41,10 @@ from worker.db.repositories import (
     taken_rows,
 )
 from worker.domain.model import Coupon
+
+HOT_UPDATES = (
+    "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = 'coupon'"
+)
 
 
 def batch(kind: str, size: int, codes: list[str], rng: random.Random) -> tuple[Any, Any]:
@@ -118,6 +123,8 @@ async def side(name: str, engine: AsyncEngine, codes: list[str], args: argparse.
                     plans[label] = await explain(connection, statement, parameters)
                     times[label].append(plans[label]["Execution Time"])
                     print(f"  {label:16} {buffers(plans[label])}")  # noqa: T201
+                hot = (await connection.execute(text(HOT_UPDATES))).one()
+                print(f"  coupon updates HOT: {hot.n_tup_hot_upd} of {hot.n_tup_upd}")  # noqa: T201
                 await connection.rollback()
         for label, values in times.items():
             median = statistics.median(values)
