@@ -1,6 +1,5 @@
 """The grown tables of `make bench-growth` (benchmarks/growth.py): a database migrated by
-`coupon-worker migrate`, `coupon` and `processed_command` filled in SQL to production sizes, and
-what a worker run over them is planned from and judged by.
+`coupon-worker migrate`, `coupon` and `processed_command` filled in SQL to production sizes.
 
 The rows (`INSERT ... SELECT FROM generate_series`: no row crosses the wire; values from
 PostgreSQL's own `hashint8` and `md5`, so a coupon's id, code and counts are the same wherever
@@ -26,27 +25,24 @@ size and density of an index that grew, in the schema the migration made. The on
 `processed_at` grows at its right end in a live table, as a build fills it. Then VACUUM ANALYZE
 and a CHECKPOINT, so that no run pays for the load's dirty pages.
 
-A run over the grown tables (`measure(..., grown=...)`): redeems and gets spread uniformly over
-every coupon holding at least `POOL_STOCK` (`pool`), creates of new codes tagged per run; the
-exactly-once checks (benchmarks/checks.py) judge the run's slice of the database — the coupons
-it redeemed, as they stood when it began, the coupons and `processed_command` rows written since
-it began — since the tables are shared by the runs and too big to read whole.
+The runs over them: benchmarks/grown_runs.py; their sizes: benchmarks/relations.py; and
+`prune`, `coupon-worker prune` on them, timed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from benchmarks.database import BenchmarkFailed, CouponRow, DatabaseState
-from benchmarks.workloads import Plan, build_plan
+from benchmarks.database import BenchmarkFailed, coupon_worker_command
 
 TABLES = ("coupon", "processed_command")
 RANDOM_KEYS = ("pk_coupon", "uq_coupon_code", "pk_processed_command")
@@ -193,51 +189,6 @@ async def preload(
     return {"seconds": round(sum(seconds.values()), 1), "steps": seconds}
 
 
-async def sizes(engine: AsyncEngine) -> dict[str, Any]:
-    """Per table: rows, total / heap / index bytes, each index's bytes and (pgstattuple, when
-    the server has it) its leaf density; live and dead tuples, HOT updates, vacuums."""
-    result: dict[str, Any] = {}
-    async with engine.connect() as connection:
-        density = await _has_pgstattuple(connection)
-        for table in TABLES:
-            row = (
-                await connection.execute(
-                    text(
-                        "SELECT pg_total_relation_size(CAST(:t AS regclass)) AS total, "
-                        "pg_relation_size(CAST(:t AS regclass)) AS heap, "
-                        "pg_indexes_size(CAST(:t AS regclass)) AS indexes, "
-                        f"(SELECT count(*) FROM {table}) AS rows, s.n_live_tup, s.n_dead_tup, "
-                        "s.n_tup_upd, s.n_tup_hot_upd, s.vacuum_count, s.autovacuum_count "
-                        "FROM pg_stat_user_tables AS s WHERE s.relid = CAST(:t AS regclass)"
-                    ),
-                    {"t": table},
-                )
-            ).one()
-            entry = dict(row._mapping)
-            entry["index"] = {}
-            for index in await indexes(connection, table):
-                bytes_ = await connection.scalar(
-                    text("SELECT pg_relation_size(CAST(:i AS regclass))"), {"i": index.name}
-                )
-                entry["index"][index.name] = {"bytes": bytes_}
-                if density:
-                    leaf = await connection.scalar(
-                        text("SELECT avg_leaf_density FROM pgstatindex(:i)"), {"i": index.name}
-                    )
-                    entry["index"][index.name]["avg_leaf_density"] = leaf
-            result[table] = entry
-    return result
-
-
-async def _has_pgstattuple(connection: AsyncConnection) -> bool:
-    """pgstattuple in the grown database, if the server ships it (the connection autocommits)."""
-    try:
-        await connection.execute(text("CREATE EXTENSION IF NOT EXISTS pgstattuple"))
-    except DBAPIError:
-        return False
-    return True
-
-
 async def pool(engine: AsyncEngine) -> list[str]:
     """The codes of every coupon holding at least `POOL_STOCK`, in code order."""
     async with engine.connect() as connection:
@@ -248,79 +199,35 @@ async def pool(engine: AsyncEngine) -> list[str]:
         return [row.code for row in rows]
 
 
-@dataclass
-class GrownTables:
-    """The grown database, shared by the runs over it, one run at a time."""
-
-    database_url: str
-    codes: Sequence[str]  # `pool`: what redeems and gets pick from
-    runs: int = 0
-    _since: datetime | None = None
-    _init: dict[str, int] = field(default_factory=dict)  # redeemed code → init_count before
-
-    async def plan(
-        self, engine: AsyncEngine, workload: str, size: int, *, seed: int, reply_to: str
-    ) -> Plan:
-        """The workload's plan over the pool, created codes tagged with the run's number;
-        `plan.preseed` is what each redeemed coupon holds as the run begins."""
-        self.runs += 1
-        plan = build_plan(
-            workload,
-            size,
-            seed=seed,
-            coupons=0,
-            reply_to=reply_to,
-            tag=f"g{self.runs}",
-            codes=self.codes,
+async def prune(database_url: str, amqp_url: str, days: float) -> dict[str, Any]:
+    """`coupon-worker prune --older-than-days DAYS`, as an operator runs it, timed."""
+    environment = dict(
+        os.environ, DATABASE_URL=database_url, AMQP_URL=amqp_url, WORKER_LOG_FORMAT="json"
+    )
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        *coupon_worker_command(),
+        "prune",
+        f"--older-than-days={days:g}",
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise BenchmarkFailed(
+            f"coupon-worker prune exited {process.returncode}: {output[-2000:]!r}"
         )
-        async with engine.connect() as connection:
-            self._since = await connection.scalar(text("SELECT clock_timestamp()"))
-            rows = (await _coupons(connection, list(plan.redeems))).all()
-        self._init = {row.code: row.init_count for row in rows}
-        plan.preseed = {row.code: row.remaining_count for row in rows}
-        short = [c for c, n in plan.redeems.items() if plan.preseed.get(c, 0) < n]
-        if short:
-            raise BenchmarkFailed(
-                f"coupons of the pool hold less than the plan redeems: {short[:5]}"
-            )
-        return plan
-
-    async def read_state(self, engine: AsyncEngine, plan: Plan) -> DatabaseState:
-        """The run's slice, as `checks.check_database` judges a fresh database: each redeemed
-        coupon as if preseeded with what it held when the run began (its init_count shown as
-        that, while its real one is unchanged), every coupon and processed_command row written
-        since the run began, and any row of the plan's codes and message ids."""
-        assert self._since is not None, "plan() first"
-        codes = [*plan.redeems, *plan.created]
-        async with engine.connect() as connection:
-            rows = [
-                *await _coupons(connection, codes),
-                *await connection.execute(
-                    text(
-                        "SELECT code, init_count, remaining_count FROM coupon "
-                        "WHERE created_at >= :since AND NOT code = ANY(:codes)"
-                    ),
-                    {"since": self._since, "codes": codes},
-                ),
-            ]
-            processed = await connection.execute(
-                text(
-                    "SELECT message_id FROM processed_command WHERE processed_at >= :since "
-                    "OR message_id = ANY(:ids)"
-                ),
-                {"since": self._since, "ids": list(plan.expected)},
-            )
-            coupons = {}
-            for row in rows:
-                init = row.init_count
-                if self._init.get(row.code) == init:
-                    init = plan.preseed[row.code]
-                coupons[row.code] = CouponRow(init, row.remaining_count)
-            return DatabaseState(coupons, [row.message_id for row in processed])
-
-
-async def _coupons(connection: AsyncConnection, codes: list[str]) -> Any:
-    return await connection.execute(
-        text("SELECT code, init_count, remaining_count FROM coupon WHERE code = ANY(:codes)"),
-        {"codes": codes},
+    for line in output.decode(errors="replace").splitlines():
+        if "processed_commands_pruned" in line:
+            record = json.loads(line[line.index("{") :])
+            return {
+                "older_than_days": days,
+                "deleted": record["deleted"],
+                "seconds": round(seconds, 1),
+                "rows_per_second": round(record["deleted"] / seconds),
+            }
+    raise BenchmarkFailed(
+        f"coupon-worker prune said nothing of what it deleted: {output[-2000:]!r}"
     )

@@ -7,14 +7,14 @@ one (target: at least 0.9 of it). Then the time `coupon-worker prune` takes on t
     make bench-growth                # GROWTH_ARGS="--processed 1000000 --coupons 100000"
 
 The grown tables are one database (benchmarks/grown_tables.py: made in SQL in minutes, their
-indexes as the migration made them), shared by the grown runs in turn; each empty run has a
-fresh database, as in `make bench`. The empty runs are `make bench`'s own (redeems over 1,000
-preseeded coupons); the grown runs redeem and get coupons drawn uniformly from every one of the
-grown coupons that holds 20 or more (about 73 % of them), so that each batch touches coupons
-and index pages all over the table, as live traffic would; creates use `make bench`'s codes,
-tagged per run. The exactly-once checks are `make bench`'s (benchmarks/checks.py), on the
-run's slice of the grown database. The table and index sizes (and btree leaf densities) are
-recorded after the preload, after the runs and after the prune.
+indexes as the migration made them), shared by the grown runs in turn (grown_runs.py); each
+empty run has a fresh database, as in `make bench`. The empty runs are `make bench`'s own
+(redeems over 1,000 preseeded coupons); the grown runs redeem and get coupons drawn uniformly
+from every one of the grown coupons that holds 20 or more (about 73 % of them), so that each
+batch touches coupons and index pages all over the table, as live traffic would; creates use
+`make bench`'s codes, tagged per run. The exactly-once checks are `make bench`'s
+(benchmarks/checks.py), on the run's slice of the grown database. The table and index sizes (and
+btree leaf densities) are recorded after the preload, after the runs and after the prune.
 
 Writes `benchmarks/results/growth-<time>.json` and its raw record `growth-<time>.log` (one
 `FIGURES` line per measured run, from which tests/unit/test_growth_table.py rebuilds the
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -39,14 +38,13 @@ from typing import Any
 
 import aio_pika
 from aiormq.exceptions import AMQPConnectionError
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from benchmarks import grown_tables, machine
+from benchmarks import grown_tables, machine, relations
 from benchmarks.__main__ import services_held
 from benchmarks.config import RESULTS_DIR, BenchConfig, build_parser, config_from
-from benchmarks.database import BenchmarkFailed, coupon_worker_command, migrate
-from benchmarks.grown_tables import GrownTables
+from benchmarks.database import BenchmarkFailed, migrate
+from benchmarks.grown_runs import GrownTables
 from benchmarks.measure import Context, measure
 from benchmarks.progress import Progress
 from benchmarks.runner import _ratio, run_label, state, summary
@@ -57,17 +55,6 @@ WORKLOADS = ("create", "redeem", "mixed")
 TABLES = ("empty", "grown")
 TARGET = 0.9  # grown at least 0.9 of empty (issue 22)
 RUN_KEYS = ("commands", "commands_per_second", "seconds", "peak_rss_bytes")
-SERVER_SETTINGS = (
-    "shared_buffers",
-    "effective_cache_size",
-    "work_mem",
-    "maintenance_work_mem",
-    "max_wal_size",
-    "checkpoint_timeout",
-    "synchronous_commit",
-    "autovacuum",
-    "random_page_cost",
-)
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -85,50 +72,6 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     row["ratio_range"] = [min(paired), max(paired)]
     row["meets_target"] = row["ratio"] >= TARGET
     return row
-
-
-async def server_settings(engine: AsyncEngine) -> dict[str, str]:
-    """The server's settings that move these figures, as a new session gets them."""
-    async with engine.connect() as connection:
-        rows = await connection.execute(
-            text("SELECT name, reset_val, unit FROM pg_settings WHERE name = ANY(:names)"),
-            {"names": list(SERVER_SETTINGS)},
-        )
-        return {row.name: row.reset_val + (f" ({row.unit})" if row.unit else "") for row in rows}
-
-
-async def prune(database_url: str, amqp_url: str, days: float) -> dict[str, Any]:
-    """`coupon-worker prune --older-than-days DAYS`, as an operator runs it, timed."""
-    environment = dict(
-        os.environ, DATABASE_URL=database_url, AMQP_URL=amqp_url, WORKER_LOG_FORMAT="json"
-    )
-    started = time.perf_counter()
-    process = await asyncio.create_subprocess_exec(
-        *coupon_worker_command(),
-        "prune",
-        f"--older-than-days={days:g}",
-        env=environment,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    seconds = time.perf_counter() - started
-    if process.returncode != 0:
-        raise BenchmarkFailed(
-            f"coupon-worker prune exited {process.returncode}: {output[-2000:]!r}"
-        )
-    for line in output.decode(errors="replace").splitlines():
-        if "processed_commands_pruned" in line:
-            record = json.loads(line[line.index("{") :])
-            return {
-                "older_than_days": days,
-                "deleted": record["deleted"],
-                "seconds": round(seconds, 1),
-                "rows_per_second": round(record["deleted"] / seconds),
-            }
-    raise BenchmarkFailed(
-        f"coupon-worker prune said nothing of what it deleted: {output[-2000:]!r}"
-    )
 
 
 async def grow_and_measure(args: argparse.Namespace, context: Context) -> dict[str, Any]:
@@ -151,7 +94,7 @@ async def grow_and_measure(args: argparse.Namespace, context: Context) -> dict[s
             run_label("preload", "all", "grown", 1),
             {"processed": args.processed, "coupons": args.coupons, "seconds": preload["seconds"]},
         )
-        sizes = {"after_preload": await grown_tables.sizes(engine)}
+        sizes = {"after_preload": await relations.sizes(engine)}
         grown = GrownTables(database_url, await grown_tables.pool(engine))
         say(f"== preloaded in {preload['seconds']:.0f} s; {len(grown.codes):,} coupons to redeem")
         throughput: dict[str, Any] = {}
@@ -175,13 +118,13 @@ async def grow_and_measure(args: argparse.Namespace, context: Context) -> dict[s
                 f"== {workload}: empty {row['empty']['median']:.0f}/s, grown "
                 f"{row['grown']['median']:.0f}/s, ratio {row['ratio']:.2f}"
             )
-        sizes["after_runs"] = await grown_tables.sizes(engine)
-        pruned = await prune(database_url, config.amqp_url, args.retention_days)
+        sizes["after_runs"] = await relations.sizes(engine)
+        pruned = await grown_tables.prune(database_url, config.amqp_url, args.retention_days)
         state(context, run_label("prune", "processed_command", "grown", 1), pruned)
-        sizes["after_prune"] = await grown_tables.sizes(engine)
+        sizes["after_prune"] = await relations.sizes(engine)
         say(f"== prune: {pruned['deleted']:,} rows in {pruned['seconds']:.0f} s")
         return {
-            "server_settings": await server_settings(engine),
+            "server_settings": await relations.server_settings(engine),
             "preload": preload,
             "pool": {"coupons": len(grown.codes), "least_stock": grown_tables.POOL_STOCK},
             "throughput": throughput,

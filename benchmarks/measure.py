@@ -15,7 +15,7 @@ from typing import Any
 from benchmarks import checks, database, timing
 from benchmarks.config import BenchConfig, CeilingConfiguration
 from benchmarks.database import BenchmarkFailed
-from benchmarks.grown_tables import GrownTables
+from benchmarks.grown_runs import GrownTables
 from benchmarks.observer import Observer
 from benchmarks.processes import TargetProcess
 from benchmarks.progress import Phase, Progress
@@ -44,7 +44,7 @@ async def measure(
 ) -> dict[str, Any]:
     """Preloaded (`rate` None: the queue is full before the target starts) or paced; the
     ceiling as `ceiling` says (else one batch at a time on the default loop); the worker over
-    `grown` tables (benchmarks/grown_tables.py) instead of a fresh database."""
+    `grown` tables (benchmarks/grown_runs.py) instead of a fresh database."""
     config = context.config
     ceiling = ceiling or CeilingConfiguration("asyncio", 1)
     shown = f"ceiling ({ceiling.name})" if target == "ceiling" else target

@@ -1,6 +1,6 @@
-"""The growth phase's grown tables (benchmarks/grown_tables.py), small: rows the contract reads,
-the migrated schema kept, and the run's slice judged by `make bench`'s database check — passing
-a run applied once, failing one applied twice."""
+"""The growth phase's grown tables (benchmarks/grown_tables.py, grown_runs.py), small: rows the
+contract reads, the migrated schema kept, and the run's slice judged by `make bench`'s database
+check — passing a run applied once, failing one applied twice."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from benchmarks import checks, grown_tables
-from benchmarks.grown_tables import GrownTables
+from benchmarks import checks, grown_tables, relations
+from benchmarks.grown_runs import GrownTables
 from contracts import CouponCreated, read_event
 from tests.support.database import create_database, drop_database
 from tests.support.services import Services
@@ -65,7 +65,7 @@ async def test_the_rows_are_what_the_worker_stores(grown: tuple[str, AsyncEngine
         assert (event.id, event.init_count) == (row.id, row.init_count)
     older = sum(row.processed_at < NOW - timedelta(days=30) for row in processed)
     assert older == pytest.approx(3_000 * 7 / 37, abs=2)  # what a 30-day prune deletes
-    sizes = await grown_tables.sizes(engine)
+    sizes = await relations.sizes(engine)
     assert set(sizes["processed_command"]["index"]) == {
         "pk_processed_command",
         "ix_processed_command_processed_at",
