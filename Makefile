@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 UV := scripts/uv
 PYTEST_ARGS ?=
 
-.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link bench-profile bench-replicas reliability
+.PHONY: setup services test-services run test test-fast test-cluster lint bench bench-quick bench-table bench-soak bench-slow-link bench-profile bench-replicas bench-growth reliability
 setup:
 	$(UV) sync --frozen --all-extras
 
@@ -92,6 +92,15 @@ REPLICAS_ARGS ?=
 bench-replicas: setup services
 	$(UV) run python -m benchmarks.replicas $(REPLICAS_ARGS)
 	$(UV) run python -m benchmarks.replicas_table --write docs/performance.md
+
+# create, redeem and mixed over empty tables and over 10,000,000 processed commands and 1,000,000
+# coupons made in SQL, interleaved, then `coupon-worker prune` timed (GROWTH_ARGS="--processed
+# 1000000 --coupons 100000"); benchmarks/results/growth-<time>.json, then its section of
+# docs/performance.md. 10-15 minutes and 4 GB of disk at full size; not in CI.
+GROWTH_ARGS ?=
+bench-growth: setup services
+	$(UV) run python -m benchmarks.growth $(GROWTH_ARGS)
+	$(UV) run python -m benchmarks.growth_table --write docs/performance.md
 
 # The Performance tables (docs/performance.md) from a result file (BENCH_RESULT, default latest.json;
 # BENCH_BEFORE, a result file of the previous worker, adds its column).

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from benchmarks import checks, database, timing
 from benchmarks.config import BenchConfig, CeilingConfiguration
 from benchmarks.database import BenchmarkFailed
+from benchmarks.grown_runs import GrownTables
 from benchmarks.observer import Observer
 from benchmarks.processes import TargetProcess, Window, running
 from benchmarks.progress import Phase, Progress
@@ -53,29 +54,39 @@ async def measure(
     replicas: int = 1,
     hot_stock: int | None = None,
     watch: Watch | None = None,
+    grown: GrownTables | None = None,
 ) -> dict[str, Any]:
     """Preloaded (`rate` None: the queue is full before the target starts) or paced; the
     ceiling as `ceiling` says (else one batch at a time on the default loop). `inspect` is
     given the worker's database once the worker has exited, before it is dropped; `replicas`
-    worker processes started together; `hot_stock` as `build_plan` takes it."""
+    worker processes started together; `hot_stock` as `build_plan` takes it; the worker over
+    `grown` tables (benchmarks/grown_runs.py) instead of a fresh database."""
     config = context.config
     ceiling = ceiling or CeilingConfiguration("asyncio", 1)
     shown = f"ceiling ({ceiling.name})" if target == "ceiling" else target
     shown += f" x{replicas}" if replicas > 1 else ""
     label = f"{shown} {workload}" + (f" at {rate:.0f}/s" if rate else "")
-    stage = Stage(config.amqp_url, config.admin_database_url)
+    if grown is not None and target != "worker":
+        raise ValueError("only the worker runs over grown tables")
+    stage = Stage(config.amqp_url, config.admin_database_url, grown.database_url if grown else "")
     verdict = checks.Verdict()
     try:
         await stage.open(with_database=target == "worker")
-        plan = build_plan(
-            workload,
-            size,
-            seed=config.seed,
-            coupons=config.coupons,
-            reply_to=stage.reply_to,
-            hot_stock=hot_stock,
-        )
-        await stage.preseed(plan.preseed)
+        if grown is None:
+            plan = build_plan(
+                workload,
+                size,
+                seed=config.seed,
+                coupons=config.coupons,
+                reply_to=stage.reply_to,
+                hot_stock=hot_stock,
+            )
+            await stage.preseed(plan.preseed)
+        else:
+            assert stage.engine is not None
+            plan = await grown.plan(
+                stage.engine, workload, size, seed=config.seed, reply_to=stage.reply_to
+            )
         if rate is None:
             with context.progress.phase(f"{label}: preload", len(plan)) as phase:
                 await stage.preload(plan.messages, phase.advance)
@@ -119,7 +130,10 @@ async def measure(
         dead = await stage.broker.depth(stage.topology.dead_queue)
         checks.check_queues(plan, left, dead, verdict)
         if stage.engine is not None:
-            checks.check_database(plan, await database.read_state(stage.engine), verdict)
+            state = await (
+                grown.read_state(stage.engine, plan) if grown else database.read_state(stage.engine)
+            )
+            checks.check_database(plan, state, verdict)
             if inspect is not None:
                 await inspect(stage.engine)
         result["checks"] = verdict.describe()

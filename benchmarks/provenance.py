@@ -38,6 +38,7 @@ BENCHMARK_CODE: Final = (
     "uv.lock",
     ":(exclude)benchmarks/table.py",
     ":(exclude)benchmarks/replicas_table.py",
+    ":(exclude)benchmarks/growth_table.py",
     ":(exclude)benchmarks/provenance.py",
     ":(exclude)benchmarks/results",
 )

@@ -29,14 +29,17 @@ DATABASE_PREFIX = "coupon_bench"
 
 
 class Stage:
-    def __init__(self, amqp_url: str, admin_url: str) -> None:
+    def __init__(self, amqp_url: str, admin_url: str, database_url: str = "") -> None:
+        """`database_url`: a database that exists (the growth phase's grown tables), used as
+        it is and kept; else the worker's stage gets a fresh one, dropped at the end."""
         self.amqp_url = amqp_url
         self.admin_url = admin_url
         self.prefix = f"bench{uuid.uuid4().hex[:10]}-"
         self.broker = Broker(amqp_url, self.prefix)
         self.topology = self.broker.topology
         self.observer: Observer | None = None
-        self.database_url = ""
+        self.database_url = database_url
+        self._owns_database = not database_url
         self.engine: AsyncEngine | None = None
 
     async def open(self, with_database: bool) -> None:
@@ -46,8 +49,9 @@ class Stage:
         self.observer = Observer(await self.broker.connection.channel(), self.topology)
         await self.observer.start()
         if with_database:
-            self.database_url = await create_database(self.admin_url, DATABASE_PREFIX)
-            await database.migrate(self.database_url, self.amqp_url)
+            if self._owns_database:
+                self.database_url = await create_database(self.admin_url, DATABASE_PREFIX)
+                await database.migrate(self.database_url, self.amqp_url)
             self.engine = create_async_engine(self.database_url, pool_size=2)
 
     @property
@@ -101,5 +105,5 @@ class Stage:
             await self.broker.close()
             if self.engine is not None:
                 await self.engine.dispose()
-            if self.database_url:
+            if self.database_url and self._owns_database:
                 await drop_database(self.admin_url, self.database_url)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from contracts import names
@@ -60,15 +61,18 @@ def build_plan(
     reply_to: str,
     tag: str = "",
     hot_stock: int | None = None,
+    codes: Sequence[str] = (),
 ) -> Plan:
     """`size` commands of `workload`; `tag` keeps created codes apart between plans that share
-    a database (none do today: every run has its own); `hot_stock`: what the hot coupon of
-    `redeem-hot` holds, if not exactly `size` (fewer: the rest must come back Exhausted)."""
+    a database (the growth phase's runs over its grown tables); `hot_stock`: what the hot
+    coupon of `redeem-hot` holds, if not exactly `size` (fewer: the rest must come back
+    Exhausted); `codes`: coupons that exist already, which redeems and gets pick from instead
+    of `coupons` preseeded ones (the caller then sets `plan.preseed` to what they hold)."""
     if hot_stock is not None and (workload != "redeem-hot" or not 1 <= hot_stock <= size):
         raise ValueError("hot_stock: a redeem-hot plan's coupon, from 1 to the redeems sent")
     rng = random.Random(f"{seed}-{workload}-{size}-{tag}")
     plan = Plan(workload)
-    preseeded = [f"bench-{i:05d}" for i in range(coupons)]
+    preseeded = codes or [f"bench-{i:05d}" for i in range(coupons)]
     if workload in ("redeem", "mixed"):
         plan.preseed = dict.fromkeys(preseeded, PRESEED_COUNT)
     elif workload == "redeem-hot":
