@@ -25,29 +25,22 @@ figures), then `python -m benchmarks.growth_table --write docs/performance.md` r
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aio_pika
-from aiormq.exceptions import AMQPConnectionError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from benchmarks import grown_tables, machine, relations
-from benchmarks.__main__ import services_held
+from benchmarks import grown_tables, relations
 from benchmarks.config import RESULTS_DIR, BenchConfig, build_parser, config_from
-from benchmarks.database import BenchmarkFailed, migrate
+from benchmarks.database import migrate
 from benchmarks.grown_runs import GrownTables
 from benchmarks.measure import Context, measure
-from benchmarks.progress import Progress
-from benchmarks.runner import _ratio, run_label, state, summary
+from benchmarks.runner import ratio, run_label, state, summary
+from benchmarks.session import describe, run_phase, write_result
 from tests.support.database import create_database, drop_database
 
 FORMAT = 1
@@ -65,10 +58,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         rates = [run["commands_per_second"] for run in runs[tables]]
         row[tables] = {**summary(rates), "runs": runs[tables]}
     paired = [
-        _ratio(grown["commands_per_second"], empty["commands_per_second"])
+        ratio(grown["commands_per_second"], empty["commands_per_second"])
         for empty, grown in zip(runs["empty"], runs["grown"], strict=True)
     ]
-    row["ratio"] = _ratio(row["grown"]["median"], row["empty"]["median"])
+    row["ratio"] = ratio(row["grown"]["median"], row["empty"]["median"])
     row["ratio_range"] = [min(paired), max(paired)]
     row["meets_target"] = row["ratio"] >= TARGET
     return row
@@ -143,11 +136,7 @@ async def run(args: argparse.Namespace, context: Context) -> dict[str, Any]:
     config = context.config
     started_at = datetime.now(UTC)
     started = time.monotonic()
-    connection = await aio_pika.connect(config.amqp_url)
-    try:
-        description = await machine.describe(connection, config.admin_database_url)
-    finally:
-        await connection.close()
+    description = await describe(config)
     figures = await grow_and_measure(args, context)
     return {
         "format": FORMAT,
@@ -169,14 +158,8 @@ async def run(args: argparse.Namespace, context: Context) -> dict[str, Any]:
 
 
 def write(result: dict[str, Any], record: list[str], directory: Path) -> Path:
-    stamp = datetime.fromisoformat(result["started_at"]).strftime("%Y%m%dT%H%M%SZ")
-    path = directory / f"growth-{stamp}.json"
-    result["file"] = path.name
-    result["raw_record"] = f"growth-{stamp}.log"
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / result["raw_record"]).write_text("\n".join(record) + "\n")
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return path
+    """`growth-<stamp>.json` and its raw record `growth-<stamp>.log`."""
+    return write_result(result, record, directory, prefix="growth-")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -218,21 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     if problems:
         print(f"growth: {'; '.join(problems)}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
-    progress = Progress()
-    logs = Path(tempfile.mkdtemp(prefix="coupon-growth-"))
-    context = Context(config, progress, logs)
-    try:
-        with services_held(progress):
-            result = asyncio.run(run(args, context))
-    except BenchmarkFailed as error:
-        progress.say(f"\nBENCHMARK FAILED: {error}\n(process logs kept in {logs})")
-        sys.exit(1)
-    except (OSError, AMQPConnectionError) as error:
-        progress.say(f"growth: cannot reach RabbitMQ or PostgreSQL ({error})")
-        sys.exit(2)
-    shutil.rmtree(logs, ignore_errors=True)
+    result, context = run_phase("growth", config, lambda context: run(args, context))
     path = write(result, context.record, args.output_dir)
-    progress.say(f"\n{result['seconds'] / 60:.0f} min; results in {path}")
+    context.progress.say(f"\n{result['seconds'] / 60:.0f} min; results in {path}")
 
 
 if __name__ == "__main__":

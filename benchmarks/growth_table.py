@@ -10,21 +10,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
+from benchmarks import pages
 from benchmarks.config import RESULTS_DIR
-from benchmarks.table import DASH, MIB, TIMES, _range, freshness
+from benchmarks.table import MIB, TIMES, _range, freshness
 
-START: Final = "<!-- growth:start -->"
-END: Final = "<!-- growth:end -->"
+START, END = pages.markers("growth")
 MOMENTS = ("after_preload", "after_runs", "after_prune")
 
 
 def newest(directory: Path = RESULTS_DIR) -> Path:
-    found = sorted(directory.glob("growth-*.json"))
-    if not found:
-        sys.exit(f"no growth-*.json in {directory}: run `make bench-growth`")
-    return found[-1]
+    """The newest `growth-<stamp>.json`."""
+    return pages.newest("growth", directory)
 
 
 def render(result: dict[str, Any]) -> str:
@@ -115,12 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.write is None:
         print(section)  # noqa: T201
         return
-    text = args.write.read_text()
-    if START not in text or END not in text:
-        sys.exit(f"{args.write} has no {START} {DASH} {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    args.write.write_text(f"{head}{START}\n{section}\n{END}{tail}")
+    pages.write_section(args.write, "growth", section)
 
 
 if __name__ == "__main__":

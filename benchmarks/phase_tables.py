@@ -15,30 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks import provenance
+from benchmarks import pages, provenance
 from benchmarks.config import RESULTS_DIR
 
 SLOW_LINK: Final = "slow-link"
 SOAK: Final = "soak"
 FLAT: Final = 1.10  # RSS within 10 % counts as flat (issue 22's target)
 TIMES: Final = "\N{MULTIPLICATION SIGN}"
-
-
-def markers(name: str) -> tuple[str, str]:
-    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-
-
-def newest(name: str, directory: Path = RESULTS_DIR) -> Path:
-    """The newest `<name>-<UTC stamp>.json` (stamps sort as text); `-before` files are kept
-    for the narrative, not rendered."""
-    files = sorted(
-        path
-        for path in directory.glob(f"{name}-*.json")
-        if path.stem.removeprefix(f"{name}-")[:8].isdigit() and not path.stem.endswith("-before")
-    )
-    if not files:
-        raise SystemExit(f"no {name}-<time>.json in {directory}: run make bench-{name}")
-    return files[-1]
 
 
 def provenance_phrase(result: dict[str, Any]) -> str:
@@ -109,25 +92,21 @@ RENDERERS: Final[dict[str, Callable[[dict[str, Any], str], str]]] = {
 }
 
 
+def body(name: str, directory: Path = RESULTS_DIR) -> str:
+    """The rendering of the phase's newest result file."""
+    path = pages.newest(name, directory)
+    return RENDERERS[name](json.loads(path.read_text()), f"benchmarks/results/{path.name}")
+
+
 def section(name: str, directory: Path = RESULTS_DIR) -> str:
-    """The rendering of the phase's newest result file, between its markers."""
-    path = newest(name, directory)
-    result = json.loads(path.read_text())
-    start, end = markers(name)
-    body = RENDERERS[name](result, f"benchmarks/results/{path.name}")
-    return f"{start}\n{body}\n{end}"
+    """`body`, between the phase's markers, as the page holds it."""
+    start, end = pages.markers(name)
+    return f"{start}\n{body(name, directory)}\n{end}"
 
 
 def write(page: Path, names: tuple[str, ...] = (SLOW_LINK, SOAK)) -> None:
-    text = page.read_text()
     for name in names:
-        start, end = markers(name)
-        if start not in text or end not in text:
-            raise SystemExit(f"{page} has no {start} … {end} markers")
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        text = f"{head}{section(name)}{tail}"
-    page.write_text(text)
+        pages.write_section(page, name, body(name))
 
 
 def main(argv: list[str] | None = None) -> None:

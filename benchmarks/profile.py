@@ -27,7 +27,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,10 +38,10 @@ import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from benchmarks.config import BenchConfig, build_parser, config_from
+from benchmarks.config import build_parser, config_from
 from benchmarks.measure import Context, measure
-from benchmarks.progress import Progress
-from benchmarks.provenance import head, uncommitted
+from benchmarks.provenance import BENCHMARK_CODE, head, uncommitted
+from benchmarks.session import run_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "docs" / "profiles"
@@ -173,12 +172,12 @@ async def statements_ready(database_url: str) -> bool:
         await engine.dispose()
 
 
-async def profile(config: BenchConfig, workload: str, size: int, py_spy: str) -> list[str]:
-    progress = Progress()
-    logs = Path(tempfile.mkdtemp(prefix="coupon-profile-"))
-    sampler = Sampler(logs, logs / "py-spy.raw", py_spy)
+async def profile(context: Context, workload: str, size: int, py_spy: str) -> dict[str, Any]:
+    """The profile's lines (`{"lines": [...]}`), of one run in `context` (benchmarks/session.py
+    holds the service lock and keeps the logs)."""
+    config = context.config
+    sampler = Sampler(context.logs, context.logs / "py-spy.raw", py_spy)
     counting = await statements_ready(config.admin_database_url)
-    context = Context(config, progress, logs)
     sampler.watch = asyncio.create_task(sampler.attach_when_started())
     seen = Inspection()
     started = time.monotonic()
@@ -190,7 +189,7 @@ async def profile(config: BenchConfig, workload: str, size: int, py_spy: str) ->
     lines = [
         f"# python -m benchmarks.profile {' '.join(sys.argv[1:])}".rstrip(),
         f"# {datetime.now(UTC).isoformat(timespec='seconds')}, commit {head()}"
-        + (" (uncommitted changes)" if uncommitted(("worker", "contracts")) else "")
+        + (" (uncommitted changes)" if uncommitted(BENCHMARK_CODE) else "")
         + f", load average {' / '.join(f'{v:.2f}' for v in os.getloadavg())}",
         f"# workload {workload}: {result['commands']:,} commands preloaded, "
         f"{result['commands_per_second']:,.0f} commands/s over {result['seconds']} s "
@@ -209,8 +208,7 @@ async def profile(config: BenchConfig, workload: str, size: int, py_spy: str) ->
             "== statements: pg_stat_statements is not preloaded by this PostgreSQL "
             "(shared_preload_libraries), so the statement table is left out"
         )
-    shutil.rmtree(logs, ignore_errors=True)
-    return lines
+    return {"lines": lines}
 
 
 @dataclass
@@ -289,7 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(py_spy).exists():
         sys.exit("profile: py-spy is not installed (make setup installs the dev group)")
     config = config_from(args)
-    lines = asyncio.run(profile(config, args.workload, config.commands, py_spy))
+    result, _ = run_phase(
+        "profile", config, lambda context: profile(context, args.workload, config.commands, py_spy)
+    )
+    lines: list[str] = result["lines"]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     output = args.output or PROFILES / f"{args.workload}-{stamp}.txt"
     output.write_text("\n".join(lines) + "\n")

@@ -39,6 +39,8 @@ BENCHMARK_CODE: Final = (
     ":(exclude)benchmarks/table.py",
     ":(exclude)benchmarks/replicas_table.py",
     ":(exclude)benchmarks/growth_table.py",
+    ":(exclude)benchmarks/phase_tables.py",
+    ":(exclude)benchmarks/pages.py",
     ":(exclude)benchmarks/provenance.py",
     ":(exclude)benchmarks/results",
 )

@@ -9,7 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from benchmarks.provenance import parse_figures_line
-from benchmarks.runner import GROWTH_TOLERANCE, TARGETS, _ratio, summarize_latency
+from benchmarks.runner import GROWTH_TOLERANCE, TARGETS, ratio, summarize_latency
 from benchmarks.runner import summarize_throughput as _throughput
 
 
@@ -112,11 +112,11 @@ def rebuild(lines: list[str], workload_of_memory: str) -> dict[str, Any]:
             **{target: row[target]["latency"] for target in TARGETS},
         }
     short_peak = max(int(r["peak_rss_bytes"]) for r in throughput[workload_of_memory]["worker"])
-    ratio = _ratio(long["peak_rss_bytes"], short_peak)
+    memory_ratio = ratio(long["peak_rss_bytes"], short_peak)
     out["memory"] = {
         "short": {"commands": commands[workload_of_memory], "peak_rss_bytes": short_peak},
         "long": long,
-        "ratio": ratio,
-        "grows_with_count": ratio > GROWTH_TOLERANCE,
+        "ratio": memory_ratio,
+        "grows_with_count": memory_ratio > GROWTH_TOLERANCE,
     }
     return out

@@ -24,29 +24,20 @@ lost or doubled a command, 2 on bad arguments or unreachable services.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-import aio_pika
-from aiormq.exceptions import AMQPConnectionError
-
-from benchmarks import locks, machine
-from benchmarks.__main__ import services_held
+from benchmarks import locks
 from benchmarks.config import KNOBS, RESULTS_DIR, WORKLOAD_NAMES, BenchConfig, check
-from benchmarks.database import BenchmarkFailed
 from benchmarks.measure import Context
-from benchmarks.progress import Progress
 from benchmarks.replicas_runner import run_all
 from benchmarks.replicas_table import render
+from benchmarks.session import describe, run_phase, write_result
 
 FORMAT: Final = 1
 
@@ -67,11 +58,7 @@ def worker_settings(config: BenchConfig) -> dict[str, Any]:
 async def run(config: BenchConfig, context: Context, hot: tuple[int, int]) -> dict[str, Any]:
     started_at = datetime.now(UTC)
     started = time.monotonic()
-    connection = await aio_pika.connect(config.amqp_url)
-    try:
-        description = await machine.describe(connection, config.admin_database_url)
-    finally:
-        await connection.close()
+    description = await describe(config)
     description["postgresql_max_connections"] = await locks.max_connections(
         config.admin_database_url
     )
@@ -99,14 +86,7 @@ async def run(config: BenchConfig, context: Context, hot: tuple[int, int]) -> di
 
 def write(result: dict[str, Any], record: list[str], directory: Path) -> Path:
     """`replicas-<stamp>.json` and its raw record `replicas-<stamp>.log`."""
-    stamp = datetime.fromisoformat(result["started_at"]).strftime("%Y%m%dT%H%M%SZ")
-    path = directory / f"replicas-{stamp}.json"
-    result["file"] = path.name
-    result["raw_record"] = f"replicas-{stamp}.log"
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / result["raw_record"]).write_text("\n".join(record) + "\n")
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    return write_result(result, record, directory, prefix="replicas-")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,29 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         print(f"benchmark: {error}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
-    progress = Progress()
-    logs = Path(tempfile.mkdtemp(prefix="coupon-replicas-"))
-    context = Context(config, progress, logs)
-    try:
-        with services_held(progress):
-            result = asyncio.run(run(config, context, hot))
-    except BenchmarkFailed as error:
-        progress.say(f"\nBENCHMARK FAILED: {error}\n(process logs kept in {logs})")
-        sys.exit(1)
-    except (OSError, AMQPConnectionError) as error:
-        shutil.rmtree(logs, ignore_errors=True)
-        progress.say(
-            f"benchmark: cannot reach RabbitMQ or PostgreSQL ({type(error).__name__}: {error}); "
-            "start them (make services) or set AMQP_URL and DATABASE_URL"
-        )
-        sys.exit(2)
-    except KeyboardInterrupt:
-        progress.say(f"\ninterrupted (process logs kept in {logs})")
-        sys.exit(130)
-    shutil.rmtree(logs, ignore_errors=True)
+    result, context = run_phase("replicas", config, lambda context: run(config, context, hot))
     path = write(result, context.record, config.output_dir)
     print(render(result))  # noqa: T201 - the benchmark's own output
-    progress.say(f"\n{result['seconds']:.0f}s; results in {path}")
+    context.progress.say(f"\n{result['seconds']:.0f}s; results in {path}")
 
 
 if __name__ == "__main__":

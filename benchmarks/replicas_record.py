@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from benchmarks.record import runs as parsed_runs
-from benchmarks.runner import _ratio, summary
+from benchmarks.runner import ratio, summary
 
 TARGETS: Final = ("x1", "x2")  # one worker process, two on the same queue
 RATIO_TARGET: Final = 0.95  # two replicas' throughput at least this share of one's (issue 22)
@@ -91,10 +91,10 @@ def summarize_throughput(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any
             **summarize_times(runs[target]),
         }
     paired = [
-        _ratio(two["commands_per_second"], one["commands_per_second"])
+        ratio(two["commands_per_second"], one["commands_per_second"])
         for one, two in zip(runs["x1"], runs["x2"], strict=True)
     ]
-    row["ratio"] = _ratio(row["x2"]["commands_per_second"], row["x1"]["commands_per_second"])
+    row["ratio"] = ratio(row["x2"]["commands_per_second"], row["x1"]["commands_per_second"])
     row["ratio_range"] = [min(paired), max(paired)]
     row["smallest_share"] = smallest_share(runs["x2"])
     return row
@@ -112,7 +112,7 @@ def summarize_latency(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "locks": summarize_locks(runs[target]),
             **summarize_times(runs[target]),
         }
-    row["p99_ratio"] = _ratio(row["x2"]["p99_ms"], row["x1"]["p99_ms"])
+    row["p99_ratio"] = ratio(row["x2"]["p99_ms"], row["x1"]["p99_ms"])
     row["smallest_share"] = smallest_share(runs["x2"])
     return row
 

@@ -7,24 +7,20 @@ result file and raw record and says "stale since …" once the code under test c
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Final
 
+from benchmarks import pages
 from benchmarks.config import RESULTS_DIR
 from benchmarks.table import DASH, TIMES, _range, freshness, load
 
-START: Final = "<!-- replicas:start -->"
-END: Final = "<!-- replicas:end -->"
+START, END = pages.markers("replicas")
 NAMES: Final = {"x1": "1 process", "x2": "2 processes"}
 
 
 def newest(directory: Path = RESULTS_DIR) -> Path:
-    """The latest `replicas-<stamp>.json` (stamps sort in time order)."""
-    found = sorted(directory.glob("replicas-*.json"))
-    if not found:
-        sys.exit(f"no replicas-*.json in {directory}: run `make bench-replicas`")
-    return found[-1]
+    """The newest `replicas-<stamp>.json`."""
+    return pages.newest("replicas", directory)
 
 
 def render(result: dict[str, Any]) -> str:
@@ -152,12 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.write is None:
         print(section)  # noqa: T201
         return
-    text = args.write.read_text()
-    if START not in text or END not in text:
-        sys.exit(f"{args.write} has no {START} … {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    args.write.write_text(f"{head}{START}\n{section}\n{END}{tail}")
+    pages.write_section(args.write, "replicas", section)
 
 
 if __name__ == "__main__":

@@ -71,10 +71,10 @@ def summarize_throughput(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any
                 run.get("peak_rss_bytes", 0) for run in runs[target]
             )
     paired = [
-        _ratio(w["commands_per_second"], c["commands_per_second"])
+        ratio(w["commands_per_second"], c["commands_per_second"])
         for c, w in zip(runs["ceiling"], runs["worker"], strict=True)
     ]
-    row["ratio_to_ceiling"] = _ratio(
+    row["ratio_to_ceiling"] = ratio(
         row["worker"]["commands_per_second"], row["ceiling"]["commands_per_second"]
     )
     row["ratio_range"] = [min(paired), max(paired)]
@@ -94,7 +94,7 @@ def summarize_latency(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "latency": latency,
             "runs": runs[target],
         }
-    row["p99_ratio_to_ceiling"] = _ratio(
+    row["p99_ratio_to_ceiling"] = ratio(
         row["worker"]["latency"]["p99_ms"], row["ceiling"]["latency"]["p99_ms"]
     )
     return row
@@ -196,7 +196,7 @@ async def run_all(context: Context) -> dict[str, Any]:
         run_label("memory", config.memory_workload, "worker", 1),
         {"commands": long["commands"], "peak_rss_bytes": long["peak_rss_bytes"]},
     )
-    growth = _ratio(long["peak_rss_bytes"], short["peak_rss_bytes"])
+    growth = ratio(long["peak_rss_bytes"], short["peak_rss_bytes"])
     memory = {
         "workload": config.memory_workload,
         "short": {"commands": config.commands, "peak_rss_bytes": short["peak_rss_bytes"]},
@@ -209,5 +209,6 @@ async def run_all(context: Context) -> dict[str, Any]:
     return {"ceiling": choice, "throughput": throughput, "latency": latency, "memory": memory}
 
 
-def _ratio(numerator: float, denominator: float) -> float:
+def ratio(numerator: float, denominator: float) -> float:
+    """`numerator / denominator` to 3 places; 0 when there is nothing to divide by."""
     return round(numerator / denominator, 3) if denominator else 0.0

@@ -12,16 +12,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from benchmarks import provenance
+from benchmarks import pages, provenance
 from benchmarks.config import RESULTS_DIR
 
 MIB = 1024 * 1024
 TIMES = "\N{MULTIPLICATION SIGN}"
 DASH = "\N{EN DASH}"
-START: Final = "<!-- performance:start -->"
-END: Final = "<!-- performance:end -->"
+START, END = pages.markers("performance")
 
 
 def freshness(result: dict[str, Any]) -> provenance.Freshness:
@@ -152,12 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.write is None:
         print(tables)  # noqa: T201
         return
-    text = args.write.read_text()
-    if START not in text or END not in text:
-        sys.exit(f"{args.write} has no {START} … {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    args.write.write_text(f"{head}{START}\n{tables}\n{END}{tail}")
+    pages.write_section(args.write, "performance", tables)
 
 
 def load(path: Path) -> dict[str, Any]:

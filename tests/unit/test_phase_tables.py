@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import phase_tables
+from benchmarks import pages, phase_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs/performance.md"
@@ -20,13 +20,13 @@ PAGE = ROOT / "docs/performance.md"
 def test_the_page_section_is_the_rendering_of_the_newest_result(name: str) -> None:
     assert phase_tables.section(name) in PAGE.read_text(), (
         f"docs/performance.md's {name} section differs from the rendering of "
-        f"{phase_tables.newest(name).name}: python -m benchmarks.phase_tables --write "
+        f"{pages.newest(name).name}: python -m benchmarks.phase_tables --write "
         "docs/performance.md"
     )
 
 
 def test_a_changed_figure_changes_the_rendering(tmp_path: Path) -> None:
-    source = phase_tables.newest(phase_tables.SLOW_LINK)
+    source = pages.newest(phase_tables.SLOW_LINK)
     result = json.loads(source.read_text())
     result["p99_ms"] = result["p99_ms"] + 1
     (tmp_path / source.name).write_text(json.dumps(result))
@@ -38,7 +38,7 @@ def test_a_changed_figure_changes_the_rendering(tmp_path: Path) -> None:
 def test_the_newest_file_is_taken_and_before_files_are_not(tmp_path: Path) -> None:
     for stem in ("soak-20261201T000000Z", "soak-20261203T000000Z", "soak-20261204T000000Z-before"):
         (tmp_path / f"{stem}.json").write_text("{}")
-    assert phase_tables.newest(phase_tables.SOAK, tmp_path).stem == "soak-20261203T000000Z"
+    assert pages.newest(phase_tables.SOAK, tmp_path).stem == "soak-20261203T000000Z"
 
 
 def test_a_soak_that_grew_says_so() -> None:
