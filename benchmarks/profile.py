@@ -186,6 +186,11 @@ async def profile(context: Context, workload: str, size: int, py_spy: str) -> di
     sampled_seconds = sampler.detached_at - sampler.attached_at
     counted = stacks(sampler.raw)
     samples = sum(counted.values())
+    if samples == 0:
+        raise SystemExit(
+            f"profile: py-spy took no sample of the worker busy: the run's {result['seconds']} s "
+            "of work were over before py-spy had attached; profile more commands (--commands)"
+        )
     lines = [
         f"# python -m benchmarks.profile {' '.join(sys.argv[1:])}".rstrip(),
         f"# {datetime.now(UTC).isoformat(timespec='seconds')}, commit {head()}"

@@ -17,7 +17,9 @@ import pytest
 from tests.support.services import Services
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]
-COMMANDS = 400
+# Enough work (about a second) to outlast py-spy's attach once the worker is ready: with 400
+# commands the whole run could be over before the first sample, and the profile refuses that.
+COMMANDS = 3000
 
 
 def test_profile_samples_the_worker_and_reads_its_tables(
