@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def service_urls(environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """(AMQP_URL, DATABASE_URL) as every phase reads them: the local services by default."""
+    return (
+        environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+        environ.get("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"),
+    )
+
+
 def config_from(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> BenchConfig:
     knobs: dict[str, int] = {}
     for name, (variable, _) in KNOBS.items():
@@ -151,11 +159,10 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
             knobs[name] = value
     quick = bool(args.quick)
     commands = args.commands or (QUICK_COMMANDS if quick else 20_000)
+    amqp_url, admin_database_url = service_urls(environ)
     config = BenchConfig(
-        amqp_url=environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
-        admin_database_url=environ.get(
-            "DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-        ),
+        amqp_url=amqp_url,
+        admin_database_url=admin_database_url,
         workloads=tuple(args.workloads),
         commands=commands,
         memory_commands=args.memory_commands or (commands * 4 if quick else 100_000),

@@ -37,11 +37,18 @@ def provenance_phrase(result: dict[str, Any]) -> str:
     return f"commit `{commit}`; {fresh.describe()}"
 
 
+def raw_record(result: dict[str, Any], source: str) -> str:
+    """` (raw record: <its .log>)` when the run kept one beside its result file."""
+    kept = result.get("raw_record")
+    return f" (raw record: `{source.rsplit('/', 1)[0]}/{kept}`)" if kept else ""
+
+
 def render_slow_link(result: dict[str, Any], source: str) -> str:
     load = result.get("load_average")
     measured = result.get("probe_p50_ms")
     lines = [
-        f"Run finished {result['finished']}, from `{source}`; {provenance_phrase(result)}"
+        f"Run finished {result['finished']}, from `{source}`{raw_record(result, source)}; "
+        f"{provenance_phrase(result)}"
         + (f"; load average {' / '.join(str(v) for v in load)}" if load else "")
         + ".",
         "",
@@ -72,7 +79,8 @@ def render_soak(result: dict[str, Any], source: str) -> str:
     growth = result["rss_growth_from_20000"]
     rows = [r for r in result["rows"] if r["commands"] == 20_000 or r["commands"] % 100_000 == 0]
     lines = [
-        f"Run finished {result['finished']}, from `{source}`; {provenance_phrase(result)}. "
+        f"Run finished {result['finished']}, from `{source}`{raw_record(result, source)}; "
+        f"{provenance_phrase(result)}. "
         f"{result['commands']:,} commands in waves of {result['wave']:,}; RSS "
         f"{growth:.2f}{TIMES} from 20,000 to {result['commands']:,} commands "
         f"({'flat: within 10 %' if growth <= FLAT else 'growing: more than 10 %'}).",

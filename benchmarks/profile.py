@@ -39,6 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from benchmarks.config import build_parser, config_from
+from benchmarks.database import BenchmarkFailed
 from benchmarks.measure import Context, measure
 from benchmarks.provenance import BENCHMARK_CODE, head, uncommitted
 from benchmarks.session import run_phase
@@ -187,8 +188,8 @@ async def profile(context: Context, workload: str, size: int, py_spy: str) -> di
     counted = stacks(sampler.raw)
     samples = sum(counted.values())
     if samples == 0:
-        raise SystemExit(
-            f"profile: py-spy took no sample of the worker busy: the run's {result['seconds']} s "
+        raise BenchmarkFailed(
+            f"py-spy took no sample of the worker busy: the run's {result['seconds']} s "
             "of work were over before py-spy had attached; profile more commands (--commands)"
         )
     lines = [

@@ -11,6 +11,7 @@ repeated). Used by `tests/support/reliability_table.py` and `benchmarks/table.py
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -99,7 +100,7 @@ def freshness(commit: str, paths: tuple[str, ...], *, dirty_run: bool = False) -
     return Freshness(commit, False, tuple(names), "the code under test changed since")
 
 
-def figures_line(label: str, figures: dict[str, object]) -> str:
+def figures_line(label: str, figures: Mapping[str, object]) -> str:
     """`FIGURES [label] k=v …`: how a run states a measurement in its raw record (the fault
     suite's tests and the benchmark's runs alike; values without spaces)."""
     return f"FIGURES [{label}] " + " ".join(f"{key}={value}" for key, value in figures.items())

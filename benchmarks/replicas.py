@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks import locks
-from benchmarks.config import KNOBS, RESULTS_DIR, WORKLOAD_NAMES, BenchConfig, check
+from benchmarks.config import (
+    KNOBS,
+    RESULTS_DIR,
+    WORKLOAD_NAMES,
+    BenchConfig,
+    check,
+    service_urls,
+)
 from benchmarks.measure import Context
 from benchmarks.replicas_runner import run_all
 from benchmarks.replicas_table import render
@@ -123,11 +130,10 @@ def config_from(args: argparse.Namespace) -> tuple[BenchConfig, tuple[int, int]]
     commands = args.commands or (2_000 if args.quick else 20_000)
     hot_commands = args.hot_commands or commands
     hot_stock = args.hot_stock or hot_commands * 3 // 4
+    amqp_url, admin_database_url = service_urls()
     config = BenchConfig(
-        amqp_url=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
-        admin_database_url=os.environ.get(
-            "DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-        ),
+        amqp_url=amqp_url,
+        admin_database_url=admin_database_url,
         workloads=tuple(args.workloads),
         commands=commands,
         memory_commands=commands,  # (no memory phase here)

@@ -1,7 +1,8 @@
 """What every benchmark phase's command does around its measurements (`make bench`,
-`bench-replicas`, `bench-growth`): hold the machine's service lock, keep the processes' logs
-while it runs, turn a failed check or an unreachable service into its exit status, describe the
-machine, and write the stamped result file beside its raw record."""
+`bench-replicas`, `bench-growth`, `bench-slow-link`, `bench-soak`, `bench-profile`): hold the
+machine's service lock, keep the processes' logs while it runs, turn a failed check or an
+unreachable service into its exit status, describe the machine, and write the stamped result
+file beside its raw record."""
 
 from __future__ import annotations
 

@@ -7,19 +7,18 @@ at `--rate` per second, command → outcome p50 / p99 (issue 22: p50 ≤ 4 round
 One worker process (`coupon-worker run`) whose DATABASE_URL goes through the proxy; migrations
 and the broker do not. Each command is a create of a new code, sent alone (confirmed), and timed
 from just before its publish to its event's arrival on a queue of the run's own. Written to
-`benchmarks/results/slow-link-<time>.json`.
+`benchmarks/results/slow-link-<time>.json`, beside it its raw record `slow-link-<time>.log`
+(every probe's and timed command's latency as FIGURES lines: the stored figures are rebuilt
+from it), under the service lock like every phase (benchmarks/session.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -30,10 +29,18 @@ import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.engine import make_url
 
-from benchmarks.config import RESULTS_DIR
+from benchmarks.config import RESULTS_DIR, BenchConfig, service_urls
 from benchmarks.database import BenchmarkFailed, migrate
+from benchmarks.measure import Context
 from benchmarks.processes import TargetProcess
-from benchmarks.provenance import BENCHMARK_CODE, head, uncommitted
+from benchmarks.provenance import (
+    BENCHMARK_CODE,
+    figures_line,
+    head,
+    parse_figures_line,
+    uncommitted,
+)
+from benchmarks.session import run_phase, write_result
 from contracts import names
 from contracts.amqp import to_amqp
 from contracts.commands import CreateCoupon
@@ -43,6 +50,7 @@ from tests.support.database import create_database, drop_database
 from worker.settings import Settings
 
 WARM_UP = 20  # commands first, not timed: connections opened, statements prepared
+FORMAT = 2  # 2: a raw record beside the result (every probe's and command's latency)
 PROBES = 200  # `SELECT 1` round trips through the proxy, timed, before the commands
 
 
@@ -142,8 +150,12 @@ def percentile(ordered: list[float], q: float) -> float:
 
 
 async def slow_link(
-    amqp_url: str, admin_url: str, delay_ms: float, rate: float, seconds: float
+    context: Context, delay_ms: float, rate: float, seconds: float
 ) -> dict[str, Any]:
+    """One run in `context` (benchmarks/session.py holds the service lock and keeps the logs):
+    the result, every probe's and every timed command's latency written to its raw record."""
+    started_at = datetime.now(UTC)
+    amqp_url, admin_url = context.config.amqp_url, context.config.admin_database_url
     prefix = f"slow{uuid.uuid4().hex[:8]}-"
     broker = Broker(amqp_url, prefix)
     await broker.open()
@@ -155,7 +167,7 @@ async def slow_link(
     database_url = await create_database(admin_url, "coupon_slow")
     direct = make_url(database_url)
     proxy = DelayingProxy(direct.host or "127.0.0.1", direct.port or 5432, delay_ms / 1000)
-    log = Path(tempfile.gettempdir()) / f"{prefix}worker.log"
+    log = context.logs / "worker.log"
     worker: TargetProcess | None = None
     try:
         await migrate(database_url, amqp_url)
@@ -195,22 +207,43 @@ async def slow_link(
         await broker.delete_topology()
         await broker.close()
         await drop_database(admin_url, database_url)
-    latencies = sorted((arrivals.at[m] - at) * 1000 for m, at in sent.items())
-    round_trip = 2 * delay_ms
-    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-    measured = percentile(probes, 0.5)
+    latencies = [(arrivals.at[m] - at) * 1000 for m, at in sent.items()]
+    context.record.extend(figures_line("probe", {"ms": round(ms, 3)}) for ms in probes)
+    context.record.extend(figures_line("command", {"ms": round(ms, 3)}) for ms in latencies)
     return {
+        "format": FORMAT,
+        "started_at": started_at.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": head(),
         "uncommitted_code_under_test": uncommitted(BENCHMARK_CODE),
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "delay_each_way_ms": delay_ms,
+        "offered_per_second": rate,
+        **rebuild(context.record, delay_ms),
+    }
+
+
+def rebuild(record: list[str], delay_ms: float) -> dict[str, Any]:
+    """The run's figures from its raw record (the `probe` and `command` FIGURES lines): what the
+    result file stores, and what tests/unit/test_phase_tables.py recomputes from the kept log."""
+    timed: dict[str, list[float]] = {"probe": [], "command": []}
+    for line in record:
+        if line.startswith("FIGURES ["):
+            label, figures = parse_figures_line(line)
+            if label in timed:
+                timed[label].append(float(figures["ms"]))
+    probes, latencies = sorted(timed["probe"]), sorted(timed["command"])
+    if not probes or not latencies:
+        raise ValueError("the raw record holds no probe or no command latency")
+    round_trip = 2 * delay_ms
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    measured = percentile(probes, 0.5)
+    return {
         "probe_round_trips": len(probes),
         "probe_p50_ms": round(measured, 1),
         "probe_p99_ms": round(percentile(probes, 0.99), 1),
         "p50_measured_round_trips": round(p50 / measured, 1),
         "p99_measured_round_trips": round(p99 / measured, 1),
-        "offered_per_second": rate,
         "commands": len(latencies),
         "p50_ms": round(p50, 1),
         "p99_ms": round(p99, 1),
@@ -226,17 +259,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=5.0, help="ms, each direction")
     parser.add_argument("--rate", type=float, default=20.0, help="commands per second")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if not (0 < args.delay <= 1000 and 0 < args.rate <= 1000 and 0 < args.seconds <= 3600):
         parser.error("--delay in (0, 1000] ms, --rate in (0, 1000]/s, --seconds in (0, 3600]")
-    amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    admin_url = os.environ.get(
-        "DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    config = BenchConfig(*service_urls(), output_dir=args.output_dir)
+    result, context = run_phase(
+        "slow-link", config, lambda context: slow_link(context, args.delay, args.rate, args.seconds)
     )
-    result = asyncio.run(slow_link(amqp_url, admin_url, args.delay, args.rate, args.seconds))
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    output = RESULTS_DIR / f"slow-link-{stamp}.json"
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    output = write_result(result, context.record, args.output_dir, prefix="slow-link-")
     sys.stdout.write(
         f"{result['commands']} lone commands at {args.rate:g}/s over a "
         f"{2 * args.delay:g} ms round trip: p50 {result['p50_ms']} ms "
@@ -248,5 +279,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    main()

@@ -3,23 +3,23 @@
 
     make bench-soak                  # SOAK_ARGS="--commands 200000" for a shorter one
 
-Run once per change of the hot path and stored (`benchmarks/results/soak-<time>.json`), not in
-CI: it takes about ten minutes. Waves of 10,000 like the issue's soak: creates of new codes,
-redeems of codes created earlier, 1 % invalid bodies (dead-lettered), 2 % commands delivered
-twice under one message_id. Each wave is published (confirmed), then answered in full, before
-the next; the worker's RSS is read between waves. A fresh database and broker names of the
-run's own, as in `make bench`; the events go to a counting queue (no outcome is kept here).
+Run once per change of the hot path and stored (`benchmarks/results/soak-<time>.json`, beside it
+its raw record `soak-<time>.log`: each RSS reading as a FIGURES line, from which the stored figures
+are rebuilt), not in CI: it takes about ten minutes; tests/e2e runs 20,000. Waves of 10,000 like
+the issue's soak: creates of new codes, redeems of codes created earlier, 1 % invalid bodies
+(dead-lettered), 2 % commands delivered twice under one message_id. Each wave is published
+(confirmed), then answered in full, before the next; the worker's RSS is read between waves. A
+fresh database and broker names of the run's own, as in `make bench`; the events go to a counting
+queue (no outcome is kept here).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -29,10 +29,18 @@ from typing import Any
 import psutil
 from aio_pika.abc import AbstractIncomingMessage
 
-from benchmarks.config import RESULTS_DIR
+from benchmarks.config import RESULTS_DIR, BenchConfig, service_urls
 from benchmarks.database import BenchmarkFailed, migrate
+from benchmarks.measure import Context
 from benchmarks.processes import TargetProcess
-from benchmarks.provenance import BENCHMARK_CODE, head, uncommitted
+from benchmarks.provenance import (
+    BENCHMARK_CODE,
+    figures_line,
+    head,
+    parse_figures_line,
+    uncommitted,
+)
+from benchmarks.session import run_phase, write_result
 from contracts import names
 from contracts.amqp import to_amqp
 from contracts.commands import CreateCoupon, RedeemCoupon
@@ -41,6 +49,7 @@ from tests.support.broker import Broker
 from tests.support.database import create_database, drop_database
 from worker.settings import Settings
 
+FORMAT = 2  # 2: a raw record beside the result (each RSS reading)
 WAVE = 10_000
 REPORT_EVERY = 100_000
 PUBLISH_WINDOW = 500
@@ -111,7 +120,11 @@ async def publish(broker: Broker, messages: list[CommandMessage | None]) -> None
         await asyncio.gather(*sends[first : first + PUBLISH_WINDOW])
 
 
-async def soak(amqp_url: str, admin_url: str, commands: int, output: Path) -> dict[str, Any]:
+async def soak(context: Context, commands: int) -> dict[str, Any]:
+    """One run in `context` (benchmarks/session.py holds the service lock and keeps the logs):
+    the result, each RSS reading written to its raw record."""
+    started_at = datetime.now(UTC)
+    amqp_url, admin_url = context.config.amqp_url, context.config.admin_database_url
     prefix = f"soak{uuid.uuid4().hex[:8]}-"
     broker = Broker(amqp_url, prefix)
     await broker.open()
@@ -121,7 +134,7 @@ async def soak(amqp_url: str, admin_url: str, commands: int, output: Path) -> di
     events = await broker.ch.declare_queue(f"{prefix}soak.events", exclusive=True)
     await events.bind(broker.topology.events_exchange, routing_key="#")
     await events.consume(counter.on_event, no_ack=True)
-    log = Path(tempfile.gettempdir()) / f"{output.stem}-worker.log"
+    log = context.logs / "worker.log"
     worker = TargetProcess.worker(
         {"AMQP_URL": amqp_url, "DATABASE_URL": database_url, "WORKER_NAME_PREFIX": prefix}, log
     )
@@ -155,6 +168,7 @@ async def soak(amqp_url: str, admin_url: str, commands: int, output: Path) -> di
                 }
                 since = now
                 rows.append(row)
+                context.record.append(figures_line("soak", row))
                 sys.stdout.write(
                     f"{sent:>9,} commands  RSS {row['rss_mib']:6.1f} MiB  "
                     f"{row['rate_since_last']:>5,}/s since the last line\n"
@@ -166,34 +180,51 @@ async def soak(amqp_url: str, admin_url: str, commands: int, output: Path) -> di
         await broker.delete_topology()
         await broker.close()
         await drop_database(admin_url, database_url)
-    base = next(r for r in rows if r["commands"] >= 20_000)
     return {
+        "format": FORMAT,
+        "started_at": started_at.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": head(),
         "uncommitted_code_under_test": uncommitted(BENCHMARK_CODE),
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "commands": commands,
         "wave": WAVE,
-        "rows": rows,
-        "rss_growth_from_20000": round(rows[-1]["rss_mib"] / base["rss_mib"], 3),
+        **rebuild(context.record),
         "events": counter.events,
     }
+
+
+def rebuild(record: list[str]) -> dict[str, Any]:
+    """The RSS rows and their growth from the raw record (the `soak` FIGURES lines): what the
+    result file stores, and what tests/unit/test_phase_tables.py recomputes from the kept log."""
+    rows: list[dict[str, Any]] = []
+    for line in record:
+        if line.startswith("FIGURES [soak] "):
+            _, figures = parse_figures_line(line)
+            rows.append(
+                {
+                    "commands": int(figures["commands"]),
+                    "rss_mib": float(figures["rss_mib"]),
+                    "seconds": float(figures["seconds"]),
+                    "rate_since_last": int(figures["rate_since_last"]),
+                }
+            )
+    base = next((r for r in rows if r["commands"] >= 20_000), None)
+    if base is None:
+        raise ValueError("the raw record holds no RSS reading at 20,000 commands or more")
+    return {"rows": rows, "rss_growth_from_20000": round(rows[-1]["rss_mib"] / base["rss_mib"], 3)}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=1_000_000)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.commands < 20_000 or args.commands % WAVE:
         parser.error(f"--commands: 20,000 or more, a multiple of {WAVE:,}")
-    amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    admin_url = os.environ.get(
-        "DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-    )
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    output = RESULTS_DIR / f"soak-{stamp}.json"
-    result = asyncio.run(soak(amqp_url, admin_url, args.commands, output))
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    config = BenchConfig(*service_urls(), output_dir=args.output_dir)
+    result, context = run_phase("soak", config, lambda context: soak(context, args.commands))
+    output = write_result(result, context.record, args.output_dir, prefix="soak-")
     growth = result["rss_growth_from_20000"]
     sys.stdout.write(
         f"RSS {growth:.2f}x from 20,000 to {args.commands:,} commands "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import pages, phase_tables
+from benchmarks import pages, phase_tables, slow_link, soak
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs/performance.md"
@@ -51,3 +51,27 @@ def test_a_soak_that_grew_says_so() -> None:
     rendered = phase_tables.render_soak(result, "x.json")
     assert "1.11\N{MULTIPLICATION SIGN} from 20,000" in rendered
     assert "growing: more than 10 %" in rendered
+
+
+@pytest.mark.parametrize("name", [phase_tables.SLOW_LINK, phase_tables.SOAK])
+def test_the_stored_figures_are_rebuilt_from_the_raw_record(name: str) -> None:
+    """The newest result file's figures are what its kept raw record (every probe's and
+    command's latency; every RSS reading) gives: a figure edited in the JSON fails here."""
+    path = pages.newest(name)
+    result = json.loads(path.read_text())
+    assert result.get("raw_record"), f"{path.name} keeps no raw record beside it"
+    record = (path.parent / result["raw_record"]).read_text().splitlines()
+    if name == phase_tables.SLOW_LINK:
+        rebuilt = slow_link.rebuild(record, result["delay_each_way_ms"])
+    else:
+        rebuilt = soak.rebuild(record)
+    assert rebuilt == {key: result[key] for key in rebuilt}
+
+
+def test_a_record_without_latencies_is_refused() -> None:
+    with pytest.raises(ValueError, match="no probe or no command"):
+        slow_link.rebuild(["FIGURES [probe] ms=10.5"], 5.0)
+    with pytest.raises(ValueError, match="20,000"):
+        soak.rebuild(
+            ["FIGURES [soak] commands=10000 rss_mib=90.0 seconds=5.0 rate_since_last=2000"]
+        )
