@@ -2,6 +2,7 @@
 at a steady pace, as the worker runs at a low rate (every command a batch of one).
 
     uv run python scripts/batch_of_one.py [--commands 2000] [--rate 200] [--busy 2]
+        [--rounds 3]
 
 Creates a throw-away database next to DATABASE_URL's (migrated by alembic), builds the engine
 as the worker does (`worker.db.engine.create_engine`), then runs creates and redeems of distinct
@@ -16,6 +17,10 @@ as they happen: SQLAlchemy's cursor executions (each a prepared statement, one r
 prepared on the connection) and asyncpg's query logger on every pooled connection (BEGIN, COMMIT,
 any ping: the simple-protocol queries). `--busy N` runs N busy-looping processes alongside
 (both cores contended, as when the broker and the worker share the machine with the driver).
+Two pipelines side by side, `--rounds` times each, alternating: the worker's (a batch of one
+through the optimistic unit of work: two round trips, read without a lock, written with a
+guard) and one with the locking unit of work only (four: BEGIN, lock-and-look-up, the write,
+COMMIT), as every batch of several goes; then the medians of the rounds.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.commands import Command, CreateCoupon, RedeemCoupon
@@ -42,7 +47,8 @@ from tests.support.database import create_database, drop_database
 from worker.app.pipeline import Envelope, Pipeline
 from worker.db import migrations
 from worker.db.engine import create_engine
-from worker.db.unit_of_work import SqlAlchemyUnitOfWork
+from worker.db.tables import coupon
+from worker.db.unit_of_work import SqlAlchemyUnitOfWork, optimistic_units_of_work
 from worker.settings import Settings
 
 
@@ -142,7 +148,7 @@ def section(title: str) -> Iterator[None]:
     sys.stdout.flush()
 
 
-async def main(commands: int, rate: float) -> None:
+async def main(commands: int, rate: float, rounds: int) -> None:
     admin_url = os.environ.get(
         "DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
     )
@@ -152,29 +158,54 @@ async def main(commands: int, rate: float) -> None:
     try:
         timings = Timings(engine)
         await migrations.upgrade(engine)
-        pipeline = Pipeline(lambda: SqlAlchemyUnitOfWork(engine))
-        # Warm up: compile the statements, prepare them on the pool's connections.
-        await paced(
-            200, 1000, lambda n: CreateCoupon(code=f"W{n}", init_count=1), pipeline, timings
-        )
-        workloads: dict[str, Callable[[int], Command]] = {
-            "create": lambda n: CreateCoupon(code=f"C{n}", init_count=2),
-            "redeem": lambda n: RedeemCoupon(code=f"C{n}"),
+        locking = Pipeline(lambda: SqlAlchemyUnitOfWork(engine))
+        variants = {
+            "optimistic": Pipeline(
+                lambda: SqlAlchemyUnitOfWork(engine),
+                lone_unit_of_work=optimistic_units_of_work(engine),
+            ),
+            "locking": locking,
         }
-        for name, make in workloads.items():
-            timings.by_statement.clear()
-            timings.queries = timings.statements = 0
-            walls = await paced(commands, rate, make, pipeline, timings)
-            with section(f"{name}: {commands} batches of one at {rate:g}/s"):
-                sys.stdout.write(f"{'batch (wall)':>44} {percentiles(walls)}\n")
-                medians = 0.0
-                for statement, values in sorted(timings.by_statement.items()):
-                    medians += statistics.median(values)
-                    sys.stdout.write(f"{statement[:44]:>44} {percentiles(values)}\n")
-                left = statistics.median(walls) - medians
-                sys.stdout.write(f"{'batch p50 less the statements p50s':>44} {left:6.2f} ms\n")
-                trips = (timings.queries + timings.statements) / commands
-                sys.stdout.write(f"{'round trips per batch (asyncpg queries)':>44} {trips:6.2f}\n")
+        # Warm up: compile the statements, prepare them on the pool's connections.
+        for name, pipeline in variants.items():
+            warm = f"W{name}-"
+            await paced(
+                200,
+                1000,
+                lambda n: CreateCoupon(code=f"{warm}{n}", init_count=1),  # noqa: B023
+                pipeline,
+                timings,
+            )
+        # Per variant and workload, each round's p50 and p99 of the batch's wall time.
+        summary: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
+        for round_ in range(rounds):
+            for name, pipeline in variants.items():
+                prefix = f"{name}{round_}-"
+                workloads: dict[str, Callable[[int], Command]] = {
+                    "create": lambda n: CreateCoupon(code=f"{prefix}{n}", init_count=2),  # noqa: B023
+                    "redeem": lambda n: RedeemCoupon(code=f"{prefix}{n}"),  # noqa: B023
+                }
+                for workload, make in workloads.items():
+                    timings.by_statement.clear()
+                    timings.queries = timings.statements = 0
+                    walls = await paced(commands, rate, make, pipeline, timings)
+                    trips = (timings.queries + timings.statements) / commands
+                    summary[name, workload].append(
+                        (nearest(walls, 0.5), nearest(walls, 0.99), trips)
+                    )
+                    title = f"{name} pipeline, {workload}, round {round_ + 1}"
+                    with section(f"{title}: {commands} batches of one at {rate:g}/s"):
+                        report(walls, timings, trips)
+            await check_counts(engine, variants, round_, commands)
+        with section(f"medians of {rounds} round(s), batch wall time"):
+            for (name, workload), figures in summary.items():
+                p50 = statistics.median(f[0] for f in figures)
+                p99 = statistics.median(f[1] for f in figures)
+                trips = statistics.median(f[2] for f in figures)
+                sys.stdout.write(
+                    f"{name + ' ' + workload:>44} p50 {p50:6.2f}  p99 {p99:6.2f} ms"
+                    f"  round trips {trips:4.2f}\n"
+                )
         raw_dsn = url.replace("postgresql+asyncpg://", "postgresql://")
         with section("asyncpg alone, the same server"):
             for what, values in (await raw_round_trips(raw_dsn, commands)).items():
@@ -182,6 +213,41 @@ async def main(commands: int, rate: float) -> None:
     finally:
         await engine.dispose()
         await drop_database(admin_url, url)
+
+
+def nearest(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(walls: list[float], timings: Timings, trips: float) -> None:
+    sys.stdout.write(f"{'batch (wall)':>44} {percentiles(walls)}\n")
+    medians = 0.0
+    for statement, values in sorted(timings.by_statement.items()):
+        medians += statistics.median(values)
+        sys.stdout.write(f"{statement[:44]:>44} {percentiles(values)}\n")
+    left = statistics.median(walls) - medians
+    sys.stdout.write(f"{'batch p50 less the statements p50s':>44} {left:6.2f} ms\n")
+    sys.stdout.write(f"{'round trips per batch (asyncpg queries)':>44} {trips:6.2f}\n")
+
+
+async def check_counts(
+    engine: AsyncEngine, variants: dict[str, Pipeline], round_: int, commands: int
+) -> None:
+    """Every coupon of the round created with 2 and redeemed once; one outcome per command."""
+    async with engine.connect() as connection:
+        for name in variants:
+            prefix = f"{name}{round_}-"
+            rows = (
+                await connection.execute(
+                    select(func.count(), func.sum(coupon.c.remaining_count)).where(
+                        coupon.c.code.startswith(prefix)
+                    )
+                )
+            ).one()
+            if tuple(rows) != (commands, commands):
+                raise SystemExit(f"{name}, round {round_ + 1}: coupons (count, left) {tuple(rows)}")
+    sys.stdout.write(f"\nround {round_ + 1}: every coupon created once and redeemed once\n")
 
 
 def busy() -> None:
@@ -194,12 +260,13 @@ if __name__ == "__main__":
     parser.add_argument("--commands", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--busy", type=int, default=0, help="busy-looping processes alongside")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds")
     args = parser.parse_args()
     hogs = [multiprocessing.Process(target=busy, daemon=True) for _ in range(args.busy)]
     for hog in hogs:
         hog.start()
     try:
-        asyncio.run(main(args.commands, args.rate))
+        asyncio.run(main(args.commands, args.rate, args.rounds))
     finally:
         for hog in hogs:
             hog.terminate()

@@ -39,11 +39,17 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def pipeline(storage: Storage, faults: str = "") -> Pipeline:
+    """As the worker builds it: on PostgreSQL, a batch of one through the optimistic unit of
+    work first."""
+    lone = storage.lone_unit_of_work
     if not faults:
-        return Pipeline(storage.unit_of_work, clock=lambda: NOW)
+        return Pipeline(storage.unit_of_work, clock=lambda: NOW, lone_unit_of_work=lone)
     injection = FaultInjection(FaultPlan.parse(faults))
     return Pipeline(
-        injection.unit_of_work(storage.unit_of_work), injection.handle(handle), clock=lambda: NOW
+        injection.unit_of_work(storage.unit_of_work),
+        injection.handle(handle),
+        clock=lambda: NOW,
+        lone_unit_of_work=None if lone is None else injection.unit_of_work(lone),
     )
 
 

@@ -22,13 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.fakes import FakeDatabase, FakeUnitOfWork
 from tests.support.database import truncate
 from worker.app.ports import UnitOfWork
-from worker.db.unit_of_work import SqlAlchemyUnitOfWork
+from worker.db.unit_of_work import SqlAlchemyUnitOfWork, optimistic_units_of_work
 from worker.domain.model import Coupon
 
 
 @dataclass(frozen=True)
 class Storage:
-    """A unit of work factory, and what a test may observe of the storage behind it."""
+    """A unit of work factory, and what a test may observe of the storage behind it. `commits`
+    counts transaction blocks committed: not the optimistic unit of work's, which has none."""
 
     name: str  # "fake" or "postgresql"
     unit_of_work: Callable[[], UnitOfWork]
@@ -37,6 +38,9 @@ class Storage:
     commits: Callable[[], int]  # transactions committed so far
     empty: Callable[[], Awaitable[None]]  # forget everything committed: a fresh database
     wait_until_blocked: Callable[[], Awaitable[None]]  # another unit of work waits on a lock
+    # For a batch of one, tried first (`Pipeline`'s `lone_unit_of_work`): PostgreSQL's
+    # optimistic unit of work; none on the fakes.
+    lone_unit_of_work: Callable[[], UnitOfWork] | None = None
 
 
 def fake_storage() -> Storage:
@@ -113,6 +117,7 @@ def postgresql_storage(db: AsyncEngine) -> Iterator[Storage]:
             lambda: committed,
             empty,
             blocked,
+            optimistic_units_of_work(db),
         )
     finally:
         event.remove(db.sync_engine, "commit", count)

@@ -74,7 +74,9 @@ class UnitOfWork(Protocol):
         """`coupons.create_many(created)`, `coupons.redeem_many(taken)` and
         `processed.record(outcomes)` together (on PostgreSQL one statement, one round trip):
         what a batch ends with. `TransactionConflict` where any of them conflicts (a record
-        that would return False included): the caller rolls back and tries again."""
+        that would return False included): the caller rolls back and tries again. A unit of
+        work may instead stage the writes and send them at `commit()`, which then raises the
+        conflict (`worker.db.unit_of_work.OptimisticUnitOfWork`)."""
 
     async def __aenter__(self) -> Self: ...
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
     cast,
     column,
     delete,
+    exists,
     func,
     null,
     select,
@@ -89,12 +90,19 @@ _TAKEN = (
     .table_valued(column("code", String), column("taken", Integer))
     .render_derived("taken")
 )
-REDEEM_COUPONS = (
-    update(coupon)
-    .where(coupon.c.code == _TAKEN.c.code, coupon.c.remaining_count >= _TAKEN.c.taken)
-    .values(remaining_count=coupon.c.remaining_count - _TAKEN.c.taken, updated_at=func.now())
-    .returning(coupon.c.code)
-)
+
+
+def _take(guard: Any) -> Any:
+    """Take `:taken[i]` from coupon `:taken_codes[i]` where `guard` holds; the codes changed."""
+    return (
+        update(coupon)
+        .where(coupon.c.code == _TAKEN.c.code, guard)
+        .values(remaining_count=coupon.c.remaining_count - _TAKEN.c.taken, updated_at=func.now())
+        .returning(coupon.c.code)
+    )
+
+
+REDEEM_COUPONS = _take(coupon.c.remaining_count >= _TAKEN.c.taken)
 """Take `:taken[i]` from coupon `:taken_codes[i]`, guarded in SQL (`remaining_count >= taken`,
 the CHECK constraint backs it); the codes changed."""
 
@@ -149,6 +157,82 @@ WRITE_ALL = select(
 )
 """`INSERT_COUPONS`, `REDEEM_COUPONS` and `INSERT_OUTCOMES` in one statement (each a
 data-modifying CTE, run to completion whatever the SELECT reads); how many rows each wrote."""
+
+
+# --- a batch alone: read without a lock, then one guarded write (two round trips) ----------
+
+_LISTED = SELECT_COUPONS.subquery("listed")
+LOOK_UP = union_all(
+    select(*OUTCOME_COLUMNS, *_nulls(COUPON_COLUMNS)).where(_STORED),
+    select(*_nulls(OUTCOME_COLUMNS), *_LISTED.c),
+)
+"""`LOCK_AND_LOOK_UP` without the lock: stored outcomes, then the coupons as they stand."""
+
+_READ = (
+    func.unnest(_array("read_codes", String()), _array("read_remaining", Integer()))
+    .table_valued(column("code", String), column("remaining", Integer))
+    .render_derived("read")
+)
+_NOW = (
+    select(coupon.c.code, coupon.c.remaining_count)
+    .where(coupon.c.code == any_(_array("named_codes", String())))
+    .order_by(coupon.c.code)
+    .with_for_update()
+    .cte("standing")
+)
+_CHANGED = (
+    select(_NOW.c.code)
+    .select_from(_NOW.outerjoin(_READ, _READ.c.code == _NOW.c.code))
+    .where(_READ.c.remaining.is_distinct_from(_NOW.c.remaining_count))
+)
+_UNCHANGED = select(
+    (
+        (select(func.count()).select_from(_NOW).scalar_subquery() == bindparam("read_count"))
+        & ~exists(_CHANGED)
+    ).label("unchanged")
+).cte("unchanged")
+_IF_UNCHANGED = select(_UNCHANGED.c.unchanged).scalar_subquery()
+_GUARDED = (
+    insert(coupon)
+    .from_select(
+        [c.key for c in COUPON_COLUMNS], _unnest("new_", COUPON_COLUMNS).where(_IF_UNCHANGED)
+    )
+    .returning(coupon.c.code)
+    .cte("created"),
+    _take(_IF_UNCHANGED).cte("redeemed"),
+    insert(processed_command)
+    .from_select(
+        [c.key for c in OUTCOME_COLUMNS], _unnest("", OUTCOME_COLUMNS).where(_IF_UNCHANGED)
+    )
+    .returning(processed_command.c.message_id)
+    .cte("recorded"),
+)
+GUARDED_WRITE = select(
+    _IF_UNCHANGED.label("unchanged"),
+    *(select(func.count()).select_from(cte).scalar_subquery().label(cte.name) for cte in _GUARDED),
+)
+"""`WRITE_ALL` for a batch that read without a lock, run outside a transaction block: one
+statement, so one implicit transaction, all or nothing. It locks the coupons the batch named
+(`:named_codes`, `FOR UPDATE` in code order: the lock order of `LOCK_COUPONS`) and compares them
+with what the batch read (`:read_codes` with `:read_remaining`, `:read_count` of them): the same
+codes exist, each with the count read. Every write is conditioned on that (`unchanged`), so a
+batch that read a state which no longer holds writes nothing. The inserts have no `ON CONFLICT`:
+a code or a message_id that a concurrent transaction committed first is a unique violation,
+which aborts the whole statement; so does a redemption below zero (the CHECK on
+`remaining_count`: the redemptions have no guard of their own, so that no row is ever skipped).
+Either every write happens or none does."""
+
+
+def guard_rows(named: Collection[str], read: Mapping[str, Coupon]) -> dict[str, Any]:
+    """`GUARDED_WRITE`'s parameters for what the batch read: the codes it named, the coupons
+    among them that existed and their counts."""
+    codes = sorted(read)
+    return {
+        "named_codes": sorted(named),
+        "read_codes": codes,
+        "read_remaining": [read[code].remaining_count for code in codes],
+        "read_count": len(codes),
+    }
 
 
 def coupon_rows(coupons: Sequence[Coupon]) -> dict[str, list[Any]]:

@@ -20,7 +20,7 @@ from worker.addresses import redact_url
 from worker.app.pipeline import Pipeline
 from worker.db import migrations
 from worker.db.engine import database
-from worker.db.unit_of_work import SqlAlchemyUnitOfWork
+from worker.db.unit_of_work import SqlAlchemyUnitOfWork, optimistic_units_of_work
 from worker.domain.handlers import HandleCommand, handle
 from worker.entrypoints.operator_errors import describe_startup_failure
 from worker.messaging.connection import heartbeat
@@ -71,16 +71,27 @@ async def _consume(
     # Decorators at the edge: metrics and traces (`instruments`), then fault injection.
     instruments = Instrumentation(topology)
     instruments.database(engine)
+    # Every batch through the locking unit of work, but a batch of one command (every batch at
+    # a low rate) tried first through the optimistic one: two round trips instead of four.
     unit_of_work = instruments.unit_of_work(lambda: SqlAlchemyUnitOfWork(engine))
+    lone_unit_of_work = instruments.unit_of_work(optimistic_units_of_work(engine))
     handler: HandleCommand = handle
     outlet = Outlet()
     outcomes: OutcomePublisher = instruments.publisher(outlet)
     if faults:
         injection = FaultInjection(faults)
         unit_of_work = injection.unit_of_work(unit_of_work)
+        lone_unit_of_work = injection.unit_of_work(lone_unit_of_work)
         handler = injection.handle(handler)
         outcomes = injection.publisher(outcomes)
-    pipeline = instruments.pipeline(Pipeline(unit_of_work, handler))
+    pipeline = instruments.pipeline(
+        Pipeline(
+            unit_of_work,
+            handler,
+            lone_unit_of_work=lone_unit_of_work,
+            on_lone_conflict=lambda: instruments.metrics.retried("transaction_conflict"),
+        )
+    )
     # One outage log across consumers; every try again counted by reason.
     retry = RetryPolicy.from_settings(settings, on_retry=instruments.metrics.retried)
 
