@@ -52,13 +52,15 @@ from worker.db.unit_of_work import SqlAlchemyUnitOfWork, optimistic_units_of_wor
 from worker.settings import Settings
 
 
-def percentiles(values: list[float]) -> str:
+def nearest(values: list[float], q: float) -> float:
+    """The nearest-rank `q` quantile of `values`."""
     ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    return f"p50 {at(0.5):6.2f}  p90 {at(0.9):6.2f}  p99 {at(0.99):6.2f}  max {ordered[-1]:6.2f} ms"
+def percentiles(values: list[float]) -> str:
+    p50, p90, p99 = (nearest(values, q) for q in (0.5, 0.9, 0.99))
+    return f"p50 {p50:6.2f}  p90 {p90:6.2f}  p99 {p99:6.2f}  max {max(values):6.2f} ms"
 
 
 class Timings:
@@ -158,13 +160,12 @@ async def main(commands: int, rate: float, rounds: int) -> None:
     try:
         timings = Timings(engine)
         await migrations.upgrade(engine)
-        locking = Pipeline(lambda: SqlAlchemyUnitOfWork(engine))
         variants = {
             "optimistic": Pipeline(
                 lambda: SqlAlchemyUnitOfWork(engine),
                 lone_unit_of_work=optimistic_units_of_work(engine),
             ),
-            "locking": locking,
+            "locking": Pipeline(lambda: SqlAlchemyUnitOfWork(engine)),
         }
         # Warm up: compile the statements, prepare them on the pool's connections.
         for name, pipeline in variants.items():
@@ -213,11 +214,6 @@ async def main(commands: int, rate: float, rounds: int) -> None:
     finally:
         await engine.dispose()
         await drop_database(admin_url, url)
-
-
-def nearest(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def report(walls: list[float], timings: Timings, trips: float) -> None:

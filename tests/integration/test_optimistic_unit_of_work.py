@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.commands import CreateCoupon, GetCoupon, RedeemCoupon
+from tests.integration.test_concurrent_batches import remaining
+from tests.integration.test_pipeline import executions
+from tests.integration.test_storage_contract import coupon, outcome
+from tests.support.storage import postgresql_storage
 from worker.app.failures import TransactionConflict
 from worker.app.outcomes import Outcome
 from worker.app.pipeline import Envelope, Pipeline
@@ -38,10 +40,6 @@ from worker.domain.model import Coupon
 from worker.settings import Settings
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-WAITING_ON_A_LOCK = text(
-    "SELECT count(*) FROM pg_stat_activity "
-    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-)
 
 
 def autocommit(db: AsyncEngine) -> AsyncEngine:
@@ -58,48 +56,9 @@ def pipelines(db: AsyncEngine) -> tuple[Pipeline, Pipeline]:
     return optimistic, Pipeline(lambda: SqlAlchemyUnitOfWork(db), clock=lambda: NOW)
 
 
-async def standing(db: AsyncEngine) -> dict[str, int]:
-    async with db.connect() as connection:
-        rows = await connection.execute(
-            select(tables.coupon.c.code, tables.coupon.c.remaining_count)
-        )
-        return {row.code: row.remaining_count for row in rows}
-
-
 async def recorded(db: AsyncEngine) -> set[str]:
     async with db.connect() as connection:
         return set((await connection.scalars(select(tables.processed_command.c.message_id))).all())
-
-
-def coupon(code: str, count: int) -> Coupon:
-    return Coupon(uuid.uuid5(uuid.NAMESPACE_OID, code), code, count, count)
-
-
-def outcome(message_id: str) -> Outcome:
-    return Outcome(
-        command_message_id=message_id,
-        command="coupon.redeem",
-        routing_key="coupon.redeemed",
-        body=b"{}",
-        occurred_at=NOW,
-    )
-
-
-@contextmanager
-def sent(db: AsyncEngine) -> Iterator[list[str]]:
-    """The prepared statements (SQLAlchemy's cursor executions) the engine's connections send
-    while the block runs, each by its first words. (SQLAlchemy's begin and commit events fire
-    outside a transaction block too: asyncpg's query logger, below, tells what was sent.)"""
-    seen: list[str] = []
-
-    def statement(*args: Any) -> None:
-        seen.append(" ".join(str(args[2]).split()[:3]))
-
-    event.listen(db.sync_engine, "before_cursor_execute", statement)
-    try:
-        yield seen
-    finally:
-        event.remove(db.sync_engine, "before_cursor_execute", statement)
 
 
 async def simple_queries(db: AsyncEngine, seen: list[str]) -> None:
@@ -119,6 +78,19 @@ async def simple_queries(db: AsyncEngine, seen: list[str]) -> None:
     finally:
         for connection in connections:
             await connection.close()
+
+
+def prepared(seen: list[str]) -> list[str]:
+    """The statements among `executions`' (each by its first words), without its BEGIN and
+    COMMIT: SQLAlchemy's events fire outside a transaction block too; asyncpg's query logger
+    (`simple_queries`) tells what was sent."""
+    return [" ".join(s.split()[:3]) for s in seen if s not in ("BEGIN", "COMMIT")]
+
+
+async def until_blocked(db: AsyncEngine) -> None:
+    """Until a statement on `db`'s database waits on a lock."""
+    with postgresql_storage(db) as storage:
+        await storage.wait_until_blocked()
 
 
 async def logged() -> None:
@@ -151,20 +123,20 @@ async def test_a_batch_of_one_costs_two_round_trips_and_a_read_one(
             await worker.process([Envelope(f"z{i}", RedeemCoupon(code=f"W{i}"))] * 2)
         await logged()
         queries.clear()
-        with sent(engine) as seen:
+        with executions(engine) as seen:
             await worker.process([Envelope("c", CreateCoupon(code="A", init_count=2))])
             await logged()
-            assert seen == [LOOK_UP, GUARDED_WRITE]
+            assert prepared(seen) == [LOOK_UP, GUARDED_WRITE]
             assert queries == [], "no BEGIN, no COMMIT"
             seen.clear()
             await worker.process([Envelope("r", RedeemCoupon(code="A"))])
             await logged()
-            assert seen == [LOOK_UP, GUARDED_WRITE]
+            assert prepared(seen) == [LOOK_UP, GUARDED_WRITE]
             assert queries == []
             seen.clear()
             [found] = await worker.process([Envelope("g", GetCoupon(code="A"))])
             await logged()
-            assert seen == ["SELECT coupon.id, coupon.code,"], seen
+            assert prepared(seen) == ["SELECT coupon.id, coupon.code,"], seen
             assert queries == []
             assert json.loads(found.body)["remaining_count"] == 1
 
@@ -175,11 +147,11 @@ async def test_a_batch_of_one_costs_two_round_trips_and_a_read_one(
                 [Envelope("r2", RedeemCoupon(code="A")), Envelope("r3", RedeemCoupon(code="A"))]
             )
             await logged()
-            assert seen == ["WITH locked AS", "WITH created AS"], seen
+            assert prepared(seen) == ["WITH locked AS", "WITH created AS"], seen
             assert queries == ["BEGIN", "COMMIT"], queries
     finally:
         await engine.dispose()
-    assert (await standing(db))["A"] == 0
+    assert (await remaining(db))["A"] == 0
     assert {"c", "r", "r2", "r3"} <= await recorded(db)
 
 
@@ -198,14 +170,6 @@ class Interrupted(OptimisticUnitOfWork):
         return found
 
 
-def interrupted(db: AsyncEngine, between: Callable[[], Awaitable[None]]) -> Pipeline:
-    return Pipeline(
-        lambda: SqlAlchemyUnitOfWork(db),
-        clock=lambda: NOW,
-        lone_unit_of_work=lambda: Interrupted(autocommit(db), between),
-    )
-
-
 async def test_a_coupon_taken_from_between_read_and_write_is_a_conflict(db: AsyncEngine) -> None:
     _, locking = pipelines(db)
     await locking.process([Envelope("c", CreateCoupon(code="A", init_count=2))])
@@ -219,35 +183,40 @@ async def test_a_coupon_taken_from_between_read_and_write_is_a_conflict(db: Asyn
         await uow.write_batch([], {"A": 1}, [outcome("mine")])
         with pytest.raises(TransactionConflict, match="changed"):
             await uow.commit()
-    assert await standing(db) == {"A": 1}, "only the other redeem"
+    assert await remaining(db) == {"A": 1}, "only the other redeem"
     assert await recorded(db) == {"c", "other"}
 
 
+@pytest.mark.timeout(60)
 async def test_a_code_created_between_read_and_write_is_a_conflict(db: AsyncEngine) -> None:
-    """Both ways: the batch creates the code too (the insert's unique violation), or only read
-    it missing (a redeem answered DoesNotExist: the guard's count)."""
+    """Both ways: committed before the write began, the guard's count sees it (the batch read
+    the code missing); committed while the write waits on it, the batch's own insert of the
+    code is a unique violation. Either way, nothing of the batch is written."""
     _, locking = pipelines(db)
 
     async def created_meanwhile() -> None:
         await locking.process([Envelope("other", CreateCoupon(code="N", init_count=3))])
 
     async with Interrupted(autocommit(db), created_meanwhile) as uow:
-        _, read = await uow.load_batch(["mine"], ["N"])
-        assert read == {}
-        await uow.write_batch([coupon("N", 9)], {}, [outcome("mine")])
-        with pytest.raises(TransactionConflict):
-            await uow.commit()
-    assert await standing(db) == {"N": 3}
-    assert await recorded(db) == {"other"}
-
-    async def created_again() -> None:
-        await locking.process([Envelope("other-m", CreateCoupon(code="M", init_count=3))])
-
-    async with Interrupted(autocommit(db), created_again) as uow:
-        assert await uow.load_batch(["mine-m"], ["M"]) == ({}, {})
-        await uow.write_batch([], {}, [outcome("mine-m")])  # "M does not exist", recorded
+        assert await uow.load_batch(["mine"], ["N"]) == ({}, {})
+        await uow.write_batch([], {}, [outcome("mine")])  # "N does not exist", recorded
         with pytest.raises(TransactionConflict, match="created"):
             await uow.commit()
+    assert await recorded(db) == {"other"}
+
+    async with OptimisticUnitOfWork(autocommit(db)) as mine:
+        assert await mine.load_batch(["mine-m"], ["M"]) == ({}, {})
+        await mine.write_batch([coupon("M", 9)], {}, [outcome("mine-m")])
+        async with SqlAlchemyUnitOfWork(db) as other:
+            await other.load_batch(["other-m"], ["M"])
+            await other.write_batch([coupon("M", 3)], {}, [outcome("other-m")])  # uncommitted
+            write = asyncio.create_task(mine.commit())
+            await until_blocked(db)  # the insert of M waits for the other transaction
+            assert not write.done()
+            await other.commit()
+        with pytest.raises(TransactionConflict, match="created one of these codes"):
+            await write
+    assert await remaining(db) == {"N": 3, "M": 3}
     assert await recorded(db) == {"other", "other-m"}
 
 
@@ -266,7 +235,7 @@ async def test_the_same_command_recorded_between_read_and_write_is_a_conflict(
         await uow.write_batch([], {"A": 1}, [outcome("r")])
         with pytest.raises(TransactionConflict, match="recorded"):
             await uow.commit()
-    assert await standing(db) == {"A": 5, "B": 4}, "A untouched: the statement wrote nothing"
+    assert await remaining(db) == {"A": 5, "B": 4}, "A untouched: the statement wrote nothing"
 
 
 @pytest.mark.timeout(60)
@@ -283,16 +252,13 @@ async def test_a_write_that_waits_on_a_lock_sees_the_change_made_under_it(
         async with SqlAlchemyUnitOfWork(db) as holder:
             await holder.load_batch(["held"], ["A"])  # A locked
             write = asyncio.create_task(mine.commit())
-            async with asyncio.timeout(30), db.connect() as watcher:
-                while not await watcher.scalar(WAITING_ON_A_LOCK):
-                    await asyncio.sleep(0.02)
-                    await watcher.rollback()
+            await until_blocked(db)
             assert not write.done()
             await holder.write_batch([], {"A": 1}, [outcome("held")])
             await holder.commit()
         with pytest.raises(TransactionConflict, match="changed"):
             await write
-    assert await standing(db) == {"A": 1}
+    assert await remaining(db) == {"A": 1}
     assert await recorded(db) == {"c", "held"}
 
 
@@ -319,7 +285,7 @@ async def test_after_a_conflict_the_pipeline_applies_the_command_with_locks(
     assert json.loads(mine.body)["remaining_count"] == 0, "applied after the other, with locks"
     [last] = await worker.process([Envelope("last", RedeemCoupon(code="A"))])
     assert json.loads(last.body)["error"] == "Exhausted"
-    assert await standing(db) == {"A": 0}
+    assert await remaining(db) == {"A": 0}
     assert await recorded(db) == {"c", "other", "mine", "last"}
 
 
@@ -343,7 +309,7 @@ async def test_lone_redeems_of_a_hot_coupon_from_many_pipelines_never_oversell(
         results = await asyncio.gather(*(redeem(w) for w in range(6)))
     granted = [o for outcomes in results for o in outcomes if o.routing_key == "coupon.redeemed"]
     assert sorted(json.loads(o.body)["remaining_count"] for o in granted) == list(range(20))
-    assert await standing(db) == {"HOT": 0}
+    assert await remaining(db) == {"HOT": 0}
     assert len(await recorded(db)) == 61
 
 
@@ -359,4 +325,4 @@ async def test_it_needs_an_autocommit_engine_and_its_repositories_only_read(
             await uow.processed.record([outcome("x")])
         with pytest.raises(RuntimeError, match="no locks"):
             await uow.coupons.lock_many(["X"])
-    assert await standing(db) == {}
+    assert await remaining(db) == {}
